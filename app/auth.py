@@ -1,0 +1,50 @@
+"""Bearer tokens: ``ADMIN_KEY`` followed by the uid, or anything in local development."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+
+from app.settings import AuthSettings
+
+__all__ = ["DEV_UID", "AuthError", "resolve_uid"]
+
+log = logging.getLogger(__name__)
+
+DEV_UID = "123"
+
+
+class AuthError(Exception):
+    """The request carries no usable token; the message is safe to show the client."""
+
+
+def resolve_uid(authorization: str | None, settings: AuthSettings) -> str:
+    """The uid a request's ``Authorization`` header stands for.
+
+    The header must be two space-separated words (``Bearer <token>``); as in the OMI backend the
+    scheme word itself is not checked. The admin-key prefix is compared in constant time.
+
+    Raises:
+        AuthError: missing header, malformed header, or a token that is not valid.
+    """
+    if not authorization:
+        if settings.local_development:
+            return _dev_uid()
+        raise AuthError("Authorization header not found")
+    parts = authorization.split(" ")
+    if len(parts) != 2 or not parts[1]:
+        raise AuthError("Invalid authorization header; expected 'Bearer <token>'")
+    token = parts[1]
+    key = settings.admin_key
+    if key and len(token) > len(key):
+        prefix = token[: len(key)].encode()
+        if hmac.compare_digest(prefix, key.encode()):
+            return token[len(key) :]
+    if settings.local_development:
+        return _dev_uid()
+    raise AuthError("Invalid authorization token")
+
+
+def _dev_uid() -> str:
+    log.warning("LOCAL_DEVELOPMENT=true: accepting a request as uid %s without a valid token", DEV_UID)
+    return DEV_UID

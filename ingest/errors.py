@@ -1,0 +1,31 @@
+"""Errors raised by the ingest pipeline.
+
+IngestError                 root; carries ``detail``
+├── UnsupportedAudioError   codec, sample rate or language the stream cannot take
+├── DecodeError             one frame or file could not be decoded
+└── MissingDependencyError  a system library (libopus) or model is not installed
+"""
+
+from __future__ import annotations
+
+__all__ = ["DecodeError", "IngestError", "MissingDependencyError", "UnsupportedAudioError"]
+
+
+class IngestError(Exception):
+    """Root of ingest errors."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class UnsupportedAudioError(IngestError):
+    """The stream asks for a codec, sample rate or language we cannot handle."""
+
+
+class DecodeError(IngestError):
+    """A frame or file could not be decoded."""
+
+
+class MissingDependencyError(IngestError):
+    """A system library or model is missing; the message says what to install."""

@@ -1,0 +1,210 @@
+"""The live pipeline of one stream: frames → 16 kHz audio → VAD utterances → transcription → segments.
+
+Transcription runs in a shared thread pool (:class:`Transcriber`), so no stream blocks the event
+loop or another stream. Each stream queues its own utterances; when it falls behind, partial
+results are skipped first, and past ``max_queued_audio_s`` its oldest speech is dropped, counted
+in metrics and logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ingest.conversations import AbsoluteSegment
+from ingest.metrics import Metrics
+from ingest.vad import Endpointer, SileroVad, UtteranceAudio, VadParams
+
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
+
+    from ingest.asr.base import SpeechToText
+    from ingest.decode import FrameDecoder
+    from ingest.diarize.base import Diarizer
+
+__all__ = ["LiveStream", "SegmentSink", "Transcriber"]
+
+log = logging.getLogger(__name__)
+
+SegmentSink = Callable[[list[AbsoluteSegment], bool], Awaitable[None]]
+"""Receives (segments, final) for each transcribed utterance."""
+
+
+class Transcriber:
+    """Speech-to-text plus diarization on a bounded thread pool, shared by every stream."""
+
+    def __init__(self, asr: SpeechToText, diarizer: Diarizer, *, workers: int, metrics: Metrics) -> None:
+        self.asr = asr
+        self.diarizer = diarizer
+        self.metrics = metrics
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stt")
+        self._slots = asyncio.Semaphore(workers)
+
+    def _run(
+        self, audio: NDArray[np.float32], language: str, origin: float, utterance_id: str
+    ) -> list[AbsoluteSegment]:
+        segments = self.asr.transcribe(audio, language)
+        speakers = self.diarizer.assign(audio, segments)
+        out = []
+        for i, (seg, (speaker_id, is_user)) in enumerate(zip(segments, speakers, strict=True)):
+            out.append(
+                AbsoluteSegment(
+                    id=utterance_id if i == 0 else str(uuid.uuid5(uuid.UUID(utterance_id), str(i))),
+                    text=seg.text,
+                    start=origin + seg.start,
+                    end=origin + seg.end,
+                    speaker_id=speaker_id,
+                    is_user=is_user,
+                    stt_provider=self.asr.name,
+                )
+            )
+        return out
+
+    async def transcribe(
+        self, audio: NDArray[np.float32], language: str, *, origin: float, utterance_id: str
+    ) -> list[AbsoluteSegment]:
+        """Transcribe and attribute one utterance whose audio starts at epoch ``origin``."""
+        async with self._slots:
+            loop = asyncio.get_running_loop()
+            started = time.perf_counter()
+            result = await loop.run_in_executor(self._pool, self._run, audio, language, origin, utterance_id)
+            self.metrics.observe("stt_seconds", time.perf_counter() - started)
+            return result
+
+    def close(self) -> None:
+        """Stop the worker threads."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass
+class _Job:
+    item: UtteranceAudio
+    queued_at: float
+
+    @property
+    def seconds(self) -> float:
+        return self.item.utterance.end - self.item.utterance.start
+
+
+@dataclass
+class LiveStream:
+    """One client's audio stream. Call :meth:`feed` per frame and :meth:`finish` at the end."""
+
+    decoder: FrameDecoder
+    vad: SileroVad
+    params: VadParams
+    transcriber: Transcriber
+    language: str
+    sink: SegmentSink
+    max_queued_audio_s: float
+    origin: float | None = None  # epoch time of the first audio sample
+    _endpointer: Endpointer = field(init=False)
+    _jobs: deque[_Job] = field(default_factory=deque)
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _worker: asyncio.Task[None] | None = None
+    _closing: bool = False
+
+    def __post_init__(self) -> None:
+        self._endpointer = Endpointer(self.vad, self.params)
+        self._worker = asyncio.create_task(self._work(), name="stream-transcriber")
+
+    @property
+    def metrics(self) -> Metrics:
+        """The service metrics this stream reports to."""
+        return self.transcriber.metrics
+
+    @property
+    def queued_seconds(self) -> float:
+        """Speech waiting for transcription."""
+        return sum(j.seconds for j in self._jobs if j.item.utterance.final)
+
+    def feed(self, frame: bytes) -> None:
+        """Decode one binary frame and queue any utterance it completes.
+
+        Raises:
+            DecodeError: the frame is not valid for the stream's codec (the stream stays usable).
+        """
+        audio = self.decoder(frame)
+        if self.origin is None:
+            self.origin = time.time()
+        self.metrics.inc("audio_seconds_total", audio.size / 16_000)
+        self._queue(self._endpointer.feed(audio))
+
+    async def finish(self, timeout_s: float = 60.0) -> None:
+        """End of audio: finalize the open utterance and wait (bounded) for its transcript."""
+        self._queue(self._endpointer.flush())
+        self._closing = True
+        self._wake.set()
+        if self._worker is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._worker), timeout_s)
+            except TimeoutError:
+                log.warning("stream closed with %.1f s of speech still untranscribed", self.queued_seconds)
+                self._worker.cancel()
+
+    async def cancel(self) -> None:
+        """Stop without waiting for pending transcription."""
+        if self._worker is not None:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+
+    def _queue(self, items: list[UtteranceAudio]) -> None:
+        now = time.time()
+        for item in items:
+            if not item.utterance.final:
+                # A partial is only worth computing when the stream is keeping up.
+                if self._jobs:
+                    self.metrics.inc("partials_skipped_total")
+                    continue
+            else:
+                # The final supersedes any partial of the same utterance still waiting.
+                self._jobs = deque(j for j in self._jobs if j.item.utterance.final)
+            self._jobs.append(_Job(item, now))
+        while self.queued_seconds > self.max_queued_audio_s and len(self._jobs) > 1:
+            dropped = self._jobs.popleft()
+            self.metrics.inc("audio_dropped_seconds_total", dropped.seconds)
+            log.warning(
+                "stream is %.1f s behind; dropped %.1f s of untranscribed speech",
+                self.queued_seconds,
+                dropped.seconds,
+            )
+        if items:
+            self.metrics.set_gauge_max("stream_queue_seconds_max", self.queued_seconds)
+            self._wake.set()
+
+    async def _work(self) -> None:
+        while True:
+            if not self._jobs:
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            job = self._jobs.popleft()
+            utterance = job.item.utterance
+            origin = (self.origin or time.time()) + utterance.start
+            try:
+                segments = await self.transcriber.transcribe(
+                    job.item.audio, self.language, origin=origin, utterance_id=utterance.id
+                )
+                await self.sink(segments, utterance.final)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.metrics.inc("stt_errors_total")
+                log.exception("transcription of a %.1f s utterance failed", job.seconds)
+                continue
+            if utterance.final:
+                lag = time.time() - job.queued_at
+                self.metrics.observe("segment_lag_seconds", lag)
+                if lag > 2.0:
+                    self.metrics.inc("stream_behind_total")
+                    log.warning("stream is behind: final segment %.2f s after the utterance ended", lag)

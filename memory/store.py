@@ -1,0 +1,309 @@
+"""Conversation storage over SQLAlchemy (async): SQLite by default, Postgres by URL."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from sqlalchemy import delete, func, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from ingest.segments import TranscriptSegment
+from memory.errors import NotFoundError
+from memory.migrate import upgrade
+from memory.models import ConversationRow, SegmentRow
+
+__all__ = ["Conversation", "ConversationStore", "iso"]
+
+
+def iso(ts: float) -> str:
+    """Epoch seconds to an ISO 8601 UTC string."""
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat()
+
+
+class Conversation(msgspec.Struct, kw_only=True):
+    """A stored conversation with its segments (times in epoch seconds)."""
+
+    id: str
+    uid: str
+    status: str
+    source: str
+    language: str
+    created_at: float
+    started_at: float
+    finished_at: float
+    last_speech_at: float
+    timeout_s: int
+    discarded: bool = False
+    segments: list[TranscriptSegment] = msgspec.field(default_factory=list)
+
+    def to_omi(self) -> dict[str, Any]:
+        """The conversation in the OMI backend's ``Conversation`` shape."""
+        return {
+            "id": self.id,
+            "created_at": iso(self.created_at),
+            "started_at": iso(self.started_at),
+            "finished_at": iso(self.finished_at),
+            "source": self.source,
+            "language": self.language,
+            "structured": {
+                "title": "",
+                "overview": "",
+                "emoji": "🧠",
+                "category": "other",
+                "action_items": [],
+                "events": [],
+            },
+            "transcript_segments": [msgspec.to_builtins(s) for s in self.segments],
+            "transcript_segments_compressed": False,
+            "geolocation": None,
+            "photos": [],
+            "audio_files": [],
+            "apps_results": [],
+            "plugins_results": [],
+            "external_data": None,
+            "discarded": self.discarded,
+            "visibility": "private",
+            "starred": False,
+            "status": self.status,
+            "is_locked": False,
+        }
+
+
+def _segment_from_row(row: SegmentRow) -> TranscriptSegment:
+    return TranscriptSegment(
+        id=row.id,
+        text=row.text,
+        speaker=row.speaker,
+        speaker_id=row.speaker_id,
+        is_user=row.is_user,
+        person_id=row.person_id,
+        start=row.start,
+        end=row.end,
+        translations=list(row.translations or []),
+        speech_profile_processed=row.speech_profile_processed,
+        stt_provider=row.stt_provider,
+    )
+
+
+def _from_row(row: ConversationRow, *, with_segments: bool = True) -> Conversation:
+    return Conversation(
+        id=row.id,
+        uid=row.uid,
+        status=row.status,
+        source=row.source,
+        language=row.language,
+        created_at=row.created_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        last_speech_at=row.last_speech_at,
+        timeout_s=row.timeout_s,
+        discarded=row.discarded,
+        segments=[_segment_from_row(s) for s in row.segments] if with_segments else [],
+    )
+
+
+class ConversationStore:
+    """Reads and writes conversations. Every write is committed before the call returns."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+
+    @classmethod
+    async def open(cls, url: str) -> ConversationStore:
+        """Migrate the database at ``url`` to the newest schema and open it."""
+        parsed = make_url(url)
+        if parsed.drivername.startswith("sqlite") and parsed.database not in (None, "", ":memory:"):
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(upgrade, url)
+        connect_args: dict[str, Any] = {}
+        if parsed.drivername.startswith("sqlite"):
+            connect_args["timeout"] = 30
+        engine = create_async_engine(url, connect_args=connect_args)
+        return cls(engine)
+
+    @property
+    def dialect(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return self._engine.dialect.name
+
+    async def close(self) -> None:
+        """Release the connection pool."""
+        await self._engine.dispose()
+
+    def _session(self) -> AsyncSession:
+        return self._sessions()
+
+    async def create(
+        self, *, uid: str, source: str, language: str, timeout_s: int, started_at: float, now: float
+    ) -> Conversation:
+        """Create an in-progress conversation."""
+        row = ConversationRow(
+            id=str(uuid.uuid4()),
+            uid=uid,
+            status="in_progress",
+            source=source,
+            language=language,
+            created_at=now,
+            started_at=started_at,
+            finished_at=started_at,
+            last_speech_at=now,
+            timeout_s=timeout_s,
+            discarded=False,
+        )
+        async with self._session() as session:
+            session.add(row)
+            await session.commit()
+        return _from_row(row, with_segments=False)
+
+    async def save_segments(
+        self,
+        conversation: Conversation,
+        changed: list[TranscriptSegment],
+        *,
+        last_speech_at: float,
+        timeout_s: int | None = None,
+    ) -> None:
+        """Upsert ``changed`` segments and the conversation's times, in one transaction."""
+        positions = {s.id: i for i, s in enumerate(conversation.segments)}
+        async with self._session() as session, session.begin():
+            row = await session.get(ConversationRow, conversation.id)
+            if row is None:
+                raise NotFoundError(f"conversation {conversation.id} does not exist")
+            row.finished_at = conversation.finished_at
+            row.last_speech_at = last_speech_at
+            if timeout_s is not None:
+                row.timeout_s = timeout_s
+            for seg in changed:
+                await session.merge(
+                    SegmentRow(
+                        id=seg.id,
+                        conversation_id=conversation.id,
+                        position=positions.get(seg.id, len(positions)),
+                        text=seg.text,
+                        speaker=seg.speaker,
+                        speaker_id=seg.speaker_id,
+                        is_user=seg.is_user,
+                        person_id=seg.person_id,
+                        start=seg.start,
+                        end=seg.end,
+                        translations=seg.translations,
+                        speech_profile_processed=seg.speech_profile_processed,
+                        stt_provider=seg.stt_provider,
+                    )
+                )
+
+    async def touch(self, conversation_id: str, *, timeout_s: int) -> None:
+        """Record a (re)connection: update the timeout the client asked for."""
+        async with self._session() as session, session.begin():
+            row = await session.get(ConversationRow, conversation_id)
+            if row is not None:
+                row.timeout_s = timeout_s
+
+    async def in_progress(self, uid: str) -> Conversation | None:
+        """The user's in-progress conversation, if any."""
+        async with self._session() as session:
+            result = await session.execute(
+                select(ConversationRow)
+                .where(ConversationRow.uid == uid, ConversationRow.status == "in_progress")
+                .order_by(ConversationRow.created_at.desc())
+                .limit(1)
+            )
+            row = result.scalars().first()
+            return _from_row(row) if row else None
+
+    async def due(self, now: float) -> list[tuple[str, str]]:
+        """``(uid, id)`` of in-progress conversations silent for longer than their timeout."""
+        async with self._session() as session:
+            result = await session.execute(
+                select(ConversationRow.uid, ConversationRow.id).where(
+                    ConversationRow.status == "in_progress",
+                    ConversationRow.last_speech_at + ConversationRow.timeout_s <= now,
+                )
+            )
+            return [(uid, cid) for uid, cid in result.all()]
+
+    async def complete(self, conversation_id: str) -> Conversation | None:
+        """Mark a conversation completed; delete it instead if it has no segments.
+
+        Returns the completed conversation, or None if it was empty or already gone.
+        """
+        async with self._session() as session, session.begin():
+            row = await session.get(ConversationRow, conversation_id)
+            if row is None:
+                return None
+            if not row.segments:
+                await session.delete(row)
+                return None
+            row.status = "completed"
+            return _from_row(row)
+
+    async def get(self, uid: str, conversation_id: str) -> Conversation:
+        """One of the user's conversations with its segments.
+
+        Raises:
+            NotFoundError: no such conversation for ``uid``.
+        """
+        async with self._session() as session:
+            row = await session.get(ConversationRow, conversation_id)
+            if row is None or row.uid != uid:
+                raise NotFoundError(f"conversation {conversation_id} not found")
+            return _from_row(row)
+
+    async def page(self, uid: str, *, limit: int, offset: int) -> tuple[list[Conversation], int]:
+        """The user's conversations, newest first, with the total count."""
+        async with self._session() as session:
+            total = await session.scalar(
+                select(func.count()).select_from(ConversationRow).where(ConversationRow.uid == uid)
+            )
+            result = await session.execute(
+                select(ConversationRow)
+                .where(ConversationRow.uid == uid)
+                .order_by(ConversationRow.started_at.desc(), ConversationRow.created_at.desc())
+                .limit(limit)
+                .offset(offset)
+            )
+            return [_from_row(r) for r in result.scalars().all()], int(total or 0)
+
+    async def last_completed_id(self, uid: str) -> str | None:
+        """Id of the user's most recent completed conversation."""
+        async with self._session() as session:
+            return await session.scalar(
+                select(ConversationRow.id)
+                .where(ConversationRow.uid == uid, ConversationRow.status == "completed")
+                .order_by(ConversationRow.finished_at.desc())
+                .limit(1)
+            )
+
+    async def delete(self, uid: str, conversation_id: str) -> None:
+        """Delete one of the user's conversations and its segments.
+
+        Raises:
+            NotFoundError: no such conversation for ``uid``.
+        """
+        async with self._session() as session, session.begin():
+            row = await session.get(ConversationRow, conversation_id)
+            if row is None or row.uid != uid:
+                raise NotFoundError(f"conversation {conversation_id} not found")
+            await session.execute(delete(SegmentRow).where(SegmentRow.conversation_id == conversation_id))
+            await session.delete(row)
+
+    async def add_completed(
+        self, *, uid: str, source: str, language: str, started_at: float, segments: list[TranscriptSegment], now: float
+    ) -> Conversation:
+        """Store a whole conversation at once (batch ingest)."""
+        conversation = await self.create(
+            uid=uid, source=source, language=language, timeout_s=0, started_at=started_at, now=now
+        )
+        conversation.segments = segments
+        conversation.finished_at = started_at + (segments[-1].end if segments else 0.0)
+        await self.save_segments(conversation, segments, last_speech_at=now)
+        completed = await self.complete(conversation.id)
+        assert completed is not None
+        return completed
