@@ -97,7 +97,9 @@ class StreamSettings:
 
     vad_threshold: float = setting("VAD_THRESHOLD", 0.5, "Speech probability that starts an utterance (0-1).")
     vad_min_silence_ms: int = setting("VAD_MIN_SILENCE_MS", 400, "Silence that ends an utterance, in ms.")
-    vad_speech_pad_ms: int = setting("VAD_SPEECH_PAD_MS", 150, "Audio kept before and after speech, in ms.")
+    vad_speech_pad_ms: int = setting(
+        "VAD_SPEECH_PAD_MS", 300, "Audio kept before and after speech, in ms (at most VAD_MIN_SILENCE_MS)."
+    )
     max_utterance_s: float = setting("MAX_UTTERANCE_S", 25.0, "Longest utterance before it is cut and finalized, in s.")
     partial_interval_s: float = setting(
         "PARTIAL_INTERVAL_S", 2.0, "Send a growing partial segment every this many seconds of speech (0 disables)."
@@ -113,7 +115,7 @@ class StreamSettings:
     def __post_init__(self) -> None:
         _check_range("VAD_THRESHOLD", self.vad_threshold, 0.01, 0.99)
         _check_range("VAD_MIN_SILENCE_MS", self.vad_min_silence_ms, 32, 10_000)
-        _check_range("VAD_SPEECH_PAD_MS", self.vad_speech_pad_ms, 0, 2_000)
+        _check_range("VAD_SPEECH_PAD_MS", self.vad_speech_pad_ms, 0, self.vad_min_silence_ms)
         _check_range("MAX_UTTERANCE_S", self.max_utterance_s, 1.0, 30.0)
         _check_range("PARTIAL_INTERVAL_S", self.partial_interval_s, 0.0, 30.0)
         _check_range("MAX_QUEUED_AUDIO_S", self.max_queued_audio_s, 1.0, 3600.0)

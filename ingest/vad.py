@@ -30,7 +30,7 @@ class VadParams:
 
     threshold: float = 0.5
     min_silence_ms: int = 400
-    speech_pad_ms: int = 150
+    speech_pad_ms: int = 300
     min_speech_ms: int = 200
     max_utterance_s: float = 25.0
     partial_interval_s: float = 2.0

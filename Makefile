@@ -1,0 +1,63 @@
+# omi-letta: `make run` serves the whole chain on local defaults; `make test` checks everything.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+APT_PACKAGES := libopus0 espeak-ng sox libsndfile1
+
+.DEFAULT_GOAL := help
+.PHONY: help run test lint typecheck unit bench system-deps install env clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+system-deps: ## install libopus, espeak-ng and sox (apt on Debian/Ubuntu, brew on macOS)
+	@if [ "$$(uname)" = "Darwin" ]; then \
+		command -v brew >/dev/null || { echo "Install Homebrew, then: brew install opus espeak-ng sox libsndfile"; exit 1; }; \
+		brew list opus >/dev/null 2>&1 || brew install opus espeak-ng sox libsndfile; \
+	elif command -v dpkg >/dev/null; then \
+		missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+		if [ -n "$$missing" ]; then \
+			echo "Installing system packages:$$missing"; \
+			SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+			$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+		fi; \
+	else echo "Install libopus, espeak-ng and sox with your package manager."; fi
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11 or run make PYTHON=python3"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+install: system-deps $(STAMP) ## create .venv and install the project with its test tools
+
+.env:
+	$(BIN)/python scripts/init_env.py
+
+env: .env ## write .env from .env.example with a fresh random ADMIN_KEY
+
+run: install .env ## serve on 0.0.0.0:8000 with local models and SQLite
+	$(BIN)/omi-letta serve
+
+lint: install ## ruff lint and format check
+	$(BIN)/ruff check app ingest memory tests bench scripts
+	$(BIN)/ruff format --check app ingest memory tests bench scripts
+
+typecheck: install ## mypy
+	$(BIN)/mypy
+
+unit: install ## only the fast tests
+	$(BIN)/pytest -q tests/unit
+
+test: lint typecheck ## lint, type-check and run every test
+	$(BIN)/pytest -q -ra
+
+bench: install ## run the benchmarks in bench/ (results go in docs/benchmarks.md)
+	$(BIN)/python bench/latency.py
+	$(BIN)/python bench/streams.py
+	$(BIN)/python bench/ingest.py
+
+clean: ## remove the virtualenv and caches (keeps DATA_DIR)
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

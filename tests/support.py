@@ -1,0 +1,169 @@
+"""Test support: a real server process, synthesized speech with ground truth, and WER."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import soundfile
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("OMI_LETTA_SHARED_DATA", ROOT.parent / "shared" / "data"))
+ADMIN_KEY = "test-admin-key-0001"
+
+
+def token(uid: str) -> str:
+    """The bearer token of ``uid`` on a test server."""
+    return f"{ADMIN_KEY}{uid}"
+
+
+def free_port() -> int:
+    """An unused TCP port on localhost."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class ServerProcess:
+    """``omi-letta serve`` as a child process, bound to 127.0.0.1."""
+
+    data_dir: Path
+    env: dict[str, str] = field(default_factory=dict)
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/v4/listen"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "server.log"
+
+    def start(self, timeout_s: float = 90.0) -> ServerProcess:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        env = {
+            **os.environ,
+            "DATA_DIR": str(self.data_dir),
+            "ADMIN_KEY": ADMIN_KEY,
+            "LOCAL_DEVELOPMENT": "false",
+            "LOG_LEVEL": "INFO",
+            **self.env,
+        }
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+            cwd=self.data_dir,  # keep any developer .env out of the test
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.http}/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"server did not become healthy:\n{self.log()}")
+
+    def stop(self, *, kill: bool = False) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def get(self, path: str, uid: str = "alice", **kwargs: Any) -> httpx.Response:
+        return httpx.get(f"{self.http}{path}", headers={"Authorization": f"Bearer {token(uid)}"}, timeout=30, **kwargs)
+
+    def post(self, path: str, uid: str = "alice") -> httpx.Response:
+        return httpx.post(f"{self.http}{path}", headers={"Authorization": f"Bearer {token(uid)}"}, timeout=60)
+
+    def delete(self, path: str, uid: str = "alice") -> httpx.Response:
+        return httpx.delete(f"{self.http}{path}", headers={"Authorization": f"Bearer {token(uid)}"}, timeout=30)
+
+    def metric(self, name: str) -> float:
+        text = httpx.get(f"{self.http}/metrics", timeout=10).text
+        match = re.search(rf"^omi_letta_{name} (\S+)$", text, re.M)
+        return float(match.group(1)) if match else 0.0
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One synthesized turn and where it landed in the mix (seconds)."""
+
+    speaker: str
+    text: str
+    start: float
+    end: float
+
+
+def have_espeak() -> bool:
+    return shutil.which("espeak-ng") is not None
+
+
+def speak(text: str, voice: str, path: Path, *, rate: int = 160) -> np.ndarray:
+    """``text`` spoken by espeak-ng ``voice`` as 16 kHz mono float32."""
+    raw = path.with_suffix(".raw.wav")
+    subprocess.run(["espeak-ng", "-v", voice, "-s", str(rate), "-w", str(raw), text], check=True)
+    audio, rate_in = soundfile.read(raw, dtype="float32")
+    raw.unlink()
+    from ingest.decode import resample
+
+    return resample(audio, int(rate_in))
+
+
+def synthesize(
+    turns: list[tuple[str, str]], path: Path, *, gap_s: float = 1.0, lead_s: float = 0.5
+) -> tuple[Path, list[Turn]]:
+    """A conversation of ``(voice, text)`` turns written to ``path``, with its ground truth."""
+    pieces = [np.zeros(int(lead_s * 16_000), dtype=np.float32)]
+    truth: list[Turn] = []
+    cursor = lead_s
+    for voice, text in turns:
+        audio = speak(text, voice, path)
+        truth.append(Turn(voice, text, cursor, cursor + audio.size / 16_000))
+        pieces += [audio, np.zeros(int(gap_s * 16_000), dtype=np.float32)]
+        cursor += audio.size / 16_000 + gap_s
+    soundfile.write(path, np.concatenate(pieces) * 0.8, 16_000, subtype="PCM_16")
+    return path, truth
+
+
+def normalize(text: str) -> str:
+    text = text.lower().replace("-", " ")
+    text = re.sub(r"[^a-z0-9' ]+", " ", text)
+    return " ".join(text.split())
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    """Word error rate after lower-casing and removing punctuation."""
+    import jiwer
+
+    return float(jiwer.wer(normalize(reference), normalize(hypothesis)))
