@@ -163,6 +163,7 @@ async def listen(socket: WebSocket) -> None:
         language=params.language,
         sink=sink,
         max_queued_audio_s=services.settings.stream.max_queued_audio_s,
+        origin_floor=resumed.finished_at if resumed else 0.0,
     )
     metrics = services.metrics
     metrics.inc("streams_total")

@@ -75,10 +75,10 @@ class ConversationManager:
         self._listeners[uid].add(listener)
         return lambda: self._listeners[uid].discard(listener)
 
-    async def connect(self, uid: str, *, timeout_s: int) -> str | None:
+    async def connect(self, uid: str, *, timeout_s: int) -> Conversation | None:
         """A client connected: close the in-progress conversation if it timed out, else resume it.
 
-        Returns the id of the conversation that resumes, if any.
+        Returns the conversation that resumes, if any.
         """
         async with self._locks[uid]:
             current = await self._load(uid)
@@ -89,7 +89,7 @@ class ConversationManager:
                 return None
             current.timeout_s = timeout_s
             await self.store.touch(current.id, timeout_s=timeout_s)
-            return current.id
+            return current
 
     async def add(
         self, uid: str, new: list[AbsoluteSegment], *, timeout_s: int, source: str, language: str

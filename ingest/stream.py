@@ -105,6 +105,7 @@ class LiveStream:
     language: str
     sink: SegmentSink
     max_queued_audio_s: float
+    origin_floor: float = 0.0  # a resumed conversation's end: this stream's audio cannot start before it
     origin: float | None = None  # epoch time of the first audio sample
     _endpointer: Endpointer = field(init=False)
     _jobs: deque[_Job] = field(default_factory=deque)
@@ -134,7 +135,8 @@ class LiveStream:
         """
         audio = self.decoder(frame)
         if self.origin is None:
-            self.origin = time.time()
+            # A client streaming faster than real time runs ahead of the wall clock.
+            self.origin = max(time.time(), self.origin_floor)
         self.metrics.inc("audio_seconds_total", audio.size / 16_000)
         self._queue(self._endpointer.feed(audio))
 
