@@ -11,8 +11,6 @@ import pytest
 from app.simulate import simulate
 from tests.support import ServerProcess, Turn, token, wer
 
-pytestmark = pytest.mark.asyncio
-
 
 def _only_conversation(server: ServerProcess, uid: str) -> dict:
     body = server.get("/v1/conversations", uid=uid).json()
@@ -143,7 +141,7 @@ async def test_conversations_list_newest_first_in_pages(server: ServerProcess, d
 
 
 @pytest.mark.parametrize("header", [None, "Bearer nope", "Token", f"Bearer {token('')}"])
-async def test_http_requires_a_valid_token(server: ServerProcess, header: str | None):
+def test_http_requires_a_valid_token(server: ServerProcess, header: str | None):
     import httpx
 
     headers = {"Authorization": header} if header else {}
@@ -153,7 +151,7 @@ async def test_http_requires_a_valid_token(server: ServerProcess, header: str | 
         assert response.json()["detail"]
 
 
-async def test_health_metrics_and_api_docs(server: ServerProcess):
+def test_health_metrics_and_api_docs(server: ServerProcess):
     import httpx
 
     assert httpx.get(f"{server.http}/health").json()["status"] == "ok"

@@ -17,8 +17,6 @@ from app.simulate import encode_frames, simulate
 from ingest.decode import load_audio_file
 from tests.support import ServerProcess, Turn, token, wer
 
-pytestmark = pytest.mark.asyncio
-
 
 async def _connect(server: ServerProcess, query: str, auth: str | None) -> websockets.ClientConnection:
     headers = {"Authorization": auth} if auth is not None else {}
