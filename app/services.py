@@ -50,6 +50,18 @@ class Services:
         """Load models, migrate and open the database, and start the conversation sweeper."""
         settings.server.data_dir.mkdir(parents=True, exist_ok=True)
         metrics = Metrics()
+        for counter in (
+            "streams_total",
+            "audio_seconds_total",
+            "decode_errors_total",
+            "partials_skipped_total",
+            "audio_dropped_seconds_total",
+            "stream_behind_total",
+            "stt_errors_total",
+            "text_frames_ignored_total",
+        ):
+            metrics.inc(counter, 0.0)
+        metrics.set_gauge("streams_active", 0)
         asr = asr or load_asr(settings.asr)
         transcriber = Transcriber(asr, diarizer or load_diarizer(), workers=settings.asr.workers, metrics=metrics)
         store = await ConversationStore.open(settings.database_url)
