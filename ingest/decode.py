@@ -125,6 +125,14 @@ class FrameDecoder:
         return self._resampler.resample_chunk(audio).astype(np.float32, copy=False)
 
 
+    def flush(self) -> NDArray[np.float32]:
+        """Audio the resampler still holds at the end of the stream."""
+        if self._resampler is None:
+            return np.zeros(0, dtype=np.float32)
+        tail = self._resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
+        return np.asarray(tail, dtype=np.float32)
+
+
 def make_decoder(codec: str, sample_rate: int) -> FrameDecoder:
     """A decoder for one stream's frames.
 

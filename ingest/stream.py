@@ -142,7 +142,9 @@ class LiveStream:
 
     async def finish(self, timeout_s: float = 60.0) -> None:
         """End of audio: finalize the open utterance and wait (bounded) for its transcript."""
-        self._queue(self._endpointer.flush())
+        tail = self.decoder.flush()
+        items = self._endpointer.feed(tail) if tail.size else []
+        self._queue(items + self._endpointer.flush())
         self._closing = True
         self._wake.set()
         if self._worker is not None:

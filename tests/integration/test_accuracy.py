@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import SHARED_DATA, ServerProcess, Turn, synthesize, token, wer
+from tests.support import SHARED_DATA, ServerProcess, synthesize, token, wer
 
 CLIPS = [
     ("librivox/two_cities_16k.wav", "librivox/two_cities_16k.ref.txt", 0.05),

