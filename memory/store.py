@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from sqlalchemy import delete, func, select
+from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import noload
 
 from ingest.segments import TranscriptSegment
 from memory.errors import NotFoundError
@@ -173,7 +174,7 @@ class ConversationStore:
         """Upsert ``changed`` segments and the conversation's times, in one transaction."""
         positions = {s.id: i for i, s in enumerate(conversation.segments)}
         async with self._session() as session, session.begin():
-            row = await session.get(ConversationRow, conversation.id)
+            row = await session.get(ConversationRow, conversation.id, options=[noload(ConversationRow.segments)])
             if row is None:
                 raise NotFoundError(f"conversation {conversation.id} does not exist")
             row.finished_at = conversation.finished_at
@@ -202,7 +203,7 @@ class ConversationStore:
     async def touch(self, conversation_id: str, *, timeout_s: int) -> None:
         """Record a (re)connection: update the timeout the client asked for."""
         async with self._session() as session, session.begin():
-            row = await session.get(ConversationRow, conversation_id)
+            row = await session.get(ConversationRow, conversation_id, options=[noload(ConversationRow.segments)])
             if row is not None:
                 row.timeout_s = timeout_s
 
@@ -291,8 +292,7 @@ class ConversationStore:
             row = await session.get(ConversationRow, conversation_id)
             if row is None or row.uid != uid:
                 raise NotFoundError(f"conversation {conversation_id} not found")
-            await session.execute(delete(SegmentRow).where(SegmentRow.conversation_id == conversation_id))
-            await session.delete(row)
+            await session.delete(row)  # segments go with it (ORM cascade)
 
     async def add_completed(
         self, *, uid: str, source: str, language: str, started_at: float, segments: list[TranscriptSegment], now: float
