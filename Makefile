@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-APT_PACKAGES := libopus0 espeak-ng sox libsndfile1
+APT_PACKAGES := libopus0 libsndfile1 espeak-ng sox postgresql
 
 .DEFAULT_GOAL := help
 .PHONY: help run test lint typecheck unit bench system-deps install env clean
@@ -11,7 +11,7 @@ APT_PACKAGES := libopus0 espeak-ng sox libsndfile1
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-system-deps: ## install libopus, espeak-ng and sox (apt on Debian/Ubuntu, brew on macOS)
+system-deps: ## install libopus, espeak-ng, sox and PostgreSQL for tests (apt; brew on macOS)
 	@if [ "$$(uname)" = "Darwin" ]; then \
 		command -v brew >/dev/null || { echo "Install Homebrew, then: brew install opus espeak-ng sox libsndfile"; exit 1; }; \
 		brew list opus >/dev/null 2>&1 || brew install opus espeak-ng sox libsndfile; \

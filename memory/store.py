@@ -12,7 +12,7 @@ import msgspec
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
-from sqlalchemy.orm import noload
+from sqlalchemy.orm import lazyload
 
 from ingest.segments import TranscriptSegment
 from memory.errors import NotFoundError
@@ -174,7 +174,7 @@ class ConversationStore:
         """Upsert ``changed`` segments and the conversation's times, in one transaction."""
         positions = {s.id: i for i, s in enumerate(conversation.segments)}
         async with self._session() as session, session.begin():
-            row = await session.get(ConversationRow, conversation.id, options=[noload(ConversationRow.segments)])
+            row = await session.get(ConversationRow, conversation.id, options=[lazyload(ConversationRow.segments)])
             if row is None:
                 raise NotFoundError(f"conversation {conversation.id} does not exist")
             row.finished_at = conversation.finished_at
@@ -203,7 +203,7 @@ class ConversationStore:
     async def touch(self, conversation_id: str, *, timeout_s: int) -> None:
         """Record a (re)connection: update the timeout the client asked for."""
         async with self._session() as session, session.begin():
-            row = await session.get(ConversationRow, conversation_id, options=[noload(ConversationRow.segments)])
+            row = await session.get(ConversationRow, conversation_id, options=[lazyload(ConversationRow.segments)])
             if row is not None:
                 row.timeout_s = timeout_s
 

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,3 +168,40 @@ def wer(reference: str, hypothesis: str) -> float:
     import jiwer
 
     return float(jiwer.wer(normalize(reference), normalize(hypothesis)))
+
+
+def postgres_binaries() -> Path | None:
+    """The bin directory of an installed PostgreSQL server, if any."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    return found[-1].parent if found else None
+
+
+class TempPostgres:
+    """A throwaway PostgreSQL cluster on a free localhost port, run as the `postgres` user if we are root."""
+
+    def __init__(self) -> None:
+        bin_dir = postgres_binaries()
+        assert bin_dir is not None
+        self.bin = bin_dir
+        # Not under pytest's tmp dir: that is private to root, and the server runs as `postgres`.
+        self.root = Path(tempfile.mkdtemp(prefix="omi-letta-pg-"))
+        self.port = free_port()
+        self.data = self.root / "pgdata"
+
+    def _run(self, *args: str) -> None:
+        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        subprocess.run([*prefix, *args], check=True, capture_output=True)
+
+    def start(self) -> str:
+        if os.geteuid() == 0:
+            shutil.chown(self.root, "postgres", "postgres")
+        self._run(str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+        self._run(
+            str(self.bin / "pg_ctl"), "-D", str(self.data), "-w", "-l", str(self.root / "pg.log"),
+            "-o", f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1", "start",
+        )  # fmt: skip
+        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def stop(self) -> None:
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop")
+        shutil.rmtree(self.root, ignore_errors=True)

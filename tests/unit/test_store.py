@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -12,24 +12,29 @@ import pytest
 from ingest.segments import TranscriptSegment
 from memory.errors import NotFoundError
 from memory.store import ConversationStore
+from tests.support import TempPostgres, postgres_binaries
 
-POSTGRES_URL = os.environ.get("OMI_LETTA_TEST_POSTGRES_URL", "")
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A real Postgres: OMI_LETTA_TEST_POSTGRES_URL, else a throwaway cluster if PostgreSQL is installed."""
+    if url := os.environ.get("OMI_LETTA_TEST_POSTGRES_URL"):
+        yield url
+        return
+    if postgres_binaries() is None:
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql) and OMI_LETTA_TEST_POSTGRES_URL is unset")
+    server = TempPostgres()
+    url = server.start()
+    yield url
+    server.stop()
 
 
-@pytest.fixture(
-    params=[
-        "sqlite",
-        pytest.param(
-            "postgres",
-            marks=pytest.mark.skipif(
-                not POSTGRES_URL,
-                reason="no Postgres here: set OMI_LETTA_TEST_POSTGRES_URL=postgresql+asyncpg://... to run these",
-            ),
-        ),
-    ]
-)
+@pytest.fixture(params=["sqlite", "postgres"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ConversationStore]:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'db' / 'test.db'}" if request.param == "sqlite" else POSTGRES_URL
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'db' / 'test.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
     opened = await ConversationStore.open(url)
     yield opened
     await opened.close()
