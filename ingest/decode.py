@@ -124,7 +124,6 @@ class FrameDecoder:
             return audio
         return self._resampler.resample_chunk(audio).astype(np.float32, copy=False)
 
-
     def flush(self) -> NDArray[np.float32]:
         """Audio the resampler still holds at the end of the stream."""
         if self._resampler is None:
