@@ -1,8 +1,9 @@
 """The live pipeline of one stream: frames → 16 kHz audio → VAD utterances → transcription → segments.
 
 Transcription runs in a shared thread pool (:class:`Transcriber`), so no stream blocks the event
-loop or another stream. Each stream queues its own utterances; when it falls behind, partial
-results are skipped first, and past ``max_queued_audio_s`` its oldest speech is dropped, counted
+loop or another stream. Each stream queues its own utterances. Partial results are best effort:
+they are skipped while the stream has a backlog or every worker is busy, so they never delay a
+final result. Past ``max_queued_audio_s`` of backlog a stream's oldest speech is dropped, counted
 in metrics and logged.
 """
 
@@ -47,11 +48,12 @@ class Transcriber:
         self.metrics = metrics
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stt")
         self._slots = asyncio.Semaphore(workers)
+        self._active = 0
 
     def _run(
         self, audio: NDArray[np.float32], language: str, origin: float, utterance_id: str
     ) -> list[AbsoluteSegment]:
-        segments = self.asr.transcribe(audio, language)
+        segments = self.asr.transcribe(audio, language, timestamps=False)
         speakers = self.diarizer.assign(audio, segments)
         out = []
         for i, (seg, (speaker_id, is_user)) in enumerate(zip(segments, speakers, strict=True)):
@@ -68,16 +70,25 @@ class Transcriber:
             )
         return out
 
+    @property
+    def busy(self) -> bool:
+        """Some transcription is running: a partial result now could delay someone's final one."""
+        return self._active > 0
+
     async def transcribe(
         self, audio: NDArray[np.float32], language: str, *, origin: float, utterance_id: str
     ) -> list[AbsoluteSegment]:
         """Transcribe and attribute one utterance whose audio starts at epoch ``origin``."""
         async with self._slots:
-            loop = asyncio.get_running_loop()
-            started = time.perf_counter()
-            result = await loop.run_in_executor(self._pool, self._run, audio, language, origin, utterance_id)
-            self.metrics.observe("stt_seconds", time.perf_counter() - started)
-            return result
+            self._active += 1
+            try:
+                loop = asyncio.get_running_loop()
+                started = time.perf_counter()
+                result = await loop.run_in_executor(self._pool, self._run, audio, language, origin, utterance_id)
+                self.metrics.observe("stt_seconds", time.perf_counter() - started)
+                return result
+            finally:
+                self._active -= 1
 
     def close(self) -> None:
         """Stop the worker threads."""
@@ -194,6 +205,9 @@ class LiveStream:
                 continue
             job = self._jobs.popleft()
             utterance = job.item.utterance
+            if not utterance.final and self.transcriber.busy:
+                self.metrics.inc("partials_skipped_total")
+                continue
             origin = (self.origin or time.time()) + utterance.start
             try:
                 segments = await self.transcriber.transcribe(

@@ -24,8 +24,12 @@ class SpeechToText(ABC):
     name: str = "unknown"
 
     @abstractmethod
-    def transcribe(self, audio: NDArray[np.float32], language: str) -> list[AsrSegment]:
-        """Recognise ``audio``; segment times are seconds from the start of ``audio``."""
+    def transcribe(self, audio: NDArray[np.float32], language: str, *, timestamps: bool = True) -> list[AsrSegment]:
+        """Recognise ``audio``; segment times are seconds from the start of ``audio``.
+
+        With ``timestamps=False`` the caller accepts a single segment spanning the whole audio,
+        which lets an engine take a faster path for short utterances.
+        """
 
     @abstractmethod
     def supports_language(self, language: str) -> bool:

