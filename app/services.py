@@ -59,6 +59,8 @@ class Services:
             "stream_behind_total",
             "stt_errors_total",
             "text_frames_ignored_total",
+            "sink_retries_total",
+            "segments_lost_total",
         ):
             metrics.inc(counter, 0.0)
         metrics.set_gauge("streams_active", 0)

@@ -35,6 +35,8 @@ __all__ = ["LiveStream", "SegmentSink", "Transcriber"]
 
 log = logging.getLogger(__name__)
 
+SINK_RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 8.0)
+
 SegmentSink = Callable[[list[AbsoluteSegment], bool], Awaitable[None]]
 """Receives (segments, final) for each transcribed utterance."""
 
@@ -195,6 +197,26 @@ class LiveStream:
             self.metrics.set_gauge_max("stream_queue_seconds_max", self.queued_seconds)
             self._wake.set()
 
+    async def _deliver(self, segments: list[AbsoluteSegment], final: bool) -> bool:
+        """Hand segments to the sink, retrying a final result while storage is unavailable."""
+        for attempt in range(len(SINK_RETRY_DELAYS_S) + 1):
+            try:
+                await self.sink(segments, final)
+                return True
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not final or attempt == len(SINK_RETRY_DELAYS_S):
+                    break
+                delay = SINK_RETRY_DELAYS_S[attempt]
+                log.warning("storing a segment failed (%s); retry %d in %.1f s", type(exc).__name__, attempt + 1, delay)
+                self.metrics.inc("sink_retries_total")
+                await asyncio.sleep(delay)
+        if final:
+            self.metrics.inc("segments_lost_total", len(segments))
+            log.error("gave up storing %d segment(s) after %d retries", len(segments), len(SINK_RETRY_DELAYS_S))
+        return False
+
     async def _work(self) -> None:
         while True:
             if not self._jobs:
@@ -213,12 +235,13 @@ class LiveStream:
                 segments = await self.transcriber.transcribe(
                     job.item.audio, self.language, origin=origin, utterance_id=utterance.id
                 )
-                await self.sink(segments, utterance.final)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 self.metrics.inc("stt_errors_total")
                 log.exception("transcription of a %.1f s utterance failed", job.seconds)
+                continue
+            if not await self._deliver(segments, utterance.final):
                 continue
             if utterance.final:
                 lag = time.time() - job.queued_at
