@@ -112,13 +112,13 @@ async def _ingest_files(settings: Any, args: argparse.Namespace) -> list[dict[st
 
     from app.services import Services
     from ingest.batch import transcribe_file
-    from ingest.decode import load_audio_file
+    from ingest.decode import audio_duration
     from memory.store import iso
 
+    durations = [audio_duration(f) for f in args.files]  # fail on a bad file before loading models
     services = await Services.start(settings)
     out: list[dict[str, Any]] = []
     try:
-        durations = [load_audio_file(f).size / 16_000 for f in args.files]
         bar = tqdm(
             total=round(sum(durations), 1),
             unit="s audio",

@@ -1,8 +1,9 @@
 """Batch ingest: audio files through the same VAD, speech-to-text and diarization into conversations.
 
-A file is cut into utterances by the streaming VAD. Neighbouring utterances are transcribed
-together in windows of up to ``WINDOW_S`` seconds (one call per window, as faster-whisper's own
-VAD filter does), and a silence of at least the conversation timeout starts a new conversation.
+A file is cut into utterances by the streaming VAD. Their audio is packed back to back into
+windows of up to ``WINDOW_S`` seconds of speech, one transcription call per window (as
+faster-whisper's own VAD filter does), and segment times are mapped back to the file. A silence
+of at least the conversation timeout starts a new conversation.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     from ingest.asr.base import SpeechToText
     from ingest.diarize.base import Diarizer
 
-__all__ = ["FileTranscript", "speech_windows", "transcribe_file"]
+__all__ = ["FileTranscript", "Window", "pack_windows", "speech_spans", "transcribe_file"]
 
 WINDOW_S = 28.0
 FEED_S = 1.0
@@ -46,26 +47,62 @@ class FileTranscript:
     conversations: list[tuple[float, list[TranscriptSegment]]]
 
 
-def speech_windows(
+def speech_spans(
     audio: NDArray[np.float32], vad: SileroVad, params: VadParams, hook: ProgressHook | None = None
-) -> list[tuple[float, float]]:
-    """Speech regions of ``audio`` (seconds), neighbours merged up to ``WINDOW_S`` long."""
-    endpointer = Endpointer(vad, VadParams(**{**params.__dict__, "partial_interval_s": 0.0}))
-    spans: list[tuple[float, float]] = []
+) -> list[tuple[int, int]]:
+    """Speech regions of ``audio`` as ``(start, end)`` sample indices, found by the streaming VAD."""
+    endpointer = Endpointer(vad, replace(params, partial_interval_s=0.0))
+    spans: list[tuple[int, int]] = []
     step = int(FEED_S * SAMPLE_RATE)
     for i in range(0, audio.size, step):
         chunk = audio[i : i + step]
-        spans += [(u.utterance.start, u.utterance.end) for u in endpointer.feed(chunk)]
+        found = endpointer.feed(chunk)
         if hook:
             hook(chunk.size / SAMPLE_RATE)
-    spans += [(u.utterance.start, u.utterance.end) for u in endpointer.flush()]
-    windows: list[tuple[float, float]] = []
-    for start, end in spans:
-        if windows and end - windows[-1][0] <= WINDOW_S:
-            windows[-1] = (windows[-1][0], end)
+        spans += [_samples(u.utterance.start, u.utterance.end) for u in found]
+    spans += [_samples(u.utterance.start, u.utterance.end) for u in endpointer.flush()]
+    return spans
+
+
+def _samples(start: float, end: float) -> tuple[int, int]:
+    return round(start * SAMPLE_RATE), round(end * SAMPLE_RATE)
+
+
+@dataclass(frozen=True)
+class Window:
+    """Speech spans packed back to back into one transcription call (at most ``WINDOW_S`` long)."""
+
+    spans: list[tuple[int, int]]
+
+    def audio(self, source: NDArray[np.float32]) -> NDArray[np.float32]:
+        """The spans' audio, concatenated."""
+        return np.concatenate([source[a:b] for a, b in self.spans])
+
+    def original_time(self, t: float) -> float:
+        """Map a time within the packed audio back to seconds in the file."""
+        offset = 0.0
+        for a, b in self.spans:
+            length = (b - a) / SAMPLE_RATE
+            if t <= offset + length:
+                return a / SAMPLE_RATE + max(0.0, t - offset)
+            offset += length
+        a, b = self.spans[-1]
+        return b / SAMPLE_RATE
+
+
+def pack_windows(spans: list[tuple[int, int]], limit_s: float = WINDOW_S) -> list[Window]:
+    """Group consecutive spans so each window holds at most ``limit_s`` of speech."""
+    limit = int(limit_s * SAMPLE_RATE)
+    windows: list[list[tuple[int, int]]] = []
+    size = 0
+    for a, b in spans:
+        if windows and size + (b - a) <= limit:
+            windows[-1].append((a, b))
+            size += b - a
         else:
-            windows.append((start, end))
-    return windows
+            windows.append([(a, b)])
+            size = b - a
+    return [Window(w) for w in windows]
 
 
 def transcribe_file(
@@ -88,25 +125,26 @@ def transcribe_file(
     audio = load_audio_file(path)
     duration = audio.size / SAMPLE_RATE
     origin = started_at if started_at is not None else time.time() - duration
-    windows = speech_windows(audio, vad, params, (lambda s: hook(s / 2)) if hook else None)
+    windows = pack_windows(speech_spans(audio, vad, params, (lambda s: hook(s / 2)) if hook else None))
     found: list[AbsoluteSegment] = []
     done = 0.0
-    for start, end in windows:
-        piece = audio[int(start * SAMPLE_RATE) : int(end * SAMPLE_RATE)]
+    for window in windows:
+        piece = window.audio(audio)  # (samples,) speech only
         segments = asr.transcribe(piece, language)
         for seg, (speaker_id, is_user) in zip(segments, diarizer.assign(piece, segments), strict=True):
             found.append(
                 AbsoluteSegment(
                     id=str(uuid.uuid4()),
                     text=seg.text,
-                    start=origin + start + seg.start,
-                    end=origin + start + seg.end,
+                    start=origin + window.original_time(seg.start),
+                    end=origin + window.original_time(seg.end),
                     speaker_id=speaker_id,
                     is_user=is_user,
                     stt_provider=asr.name,
                 )
             )
         if hook:
+            end = window.spans[-1][1] / SAMPLE_RATE
             hook((end - done) / 2)
             done = end
     if hook and duration > done:

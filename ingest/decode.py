@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CODECS",
+    "audio_duration",
     "FrameDecoder",
     "load_audio_file",
     "load_opuslib",
@@ -154,6 +155,20 @@ def make_decoder(codec: str, sample_rate: int) -> FrameDecoder:
     if sample_rate != SAMPLE_RATE:
         decoder._resampler = soxr.ResampleStream(sample_rate, SAMPLE_RATE, 1, dtype="float32")
     return decoder
+
+
+def audio_duration(path: Path) -> float:
+    """Length of an audio file in seconds, read from its header.
+
+    Raises:
+        DecodeError: the file is missing or not audio we can read.
+    """
+    import soundfile
+
+    try:
+        return float(soundfile.info(str(path)).duration)
+    except (soundfile.LibsndfileError, RuntimeError, OSError) as exc:
+        raise DecodeError(f"cannot read audio file {path}: {exc}") from exc
 
 
 def load_audio_file(path: Path) -> NDArray[np.float32]:
