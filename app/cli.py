@@ -140,6 +140,7 @@ async def _ingest_files(settings: Any, args: argparse.Namespace) -> list[dict[st
                     gap_s=services.settings.conversation.default_timeout_s,
                     started_at=path.stat().st_mtime - duration,
                     hook=bar.update,
+                    workers=services.settings.asr.workers,
                 )
                 for started_at, segments in transcript.conversations:
                     stored = await services.store.add_completed(

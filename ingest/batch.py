@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 
     from ingest.asr.base import SpeechToText
     from ingest.diarize.base import Diarizer
+    from ingest.schema import AsrSegment
 
 __all__ = ["FileTranscript", "Window", "pack_windows", "speech_spans", "transcribe_file"]
 
@@ -116,9 +118,11 @@ def transcribe_file(
     gap_s: float = 120.0,
     started_at: float | None = None,
     hook: ProgressHook | None = None,
+    workers: int = 1,
 ) -> FileTranscript:
     """Transcribe one file into conversations split at silences of ``gap_s`` or more.
 
+    Up to ``workers`` windows are transcribed at once (the engine must allow that many calls).
     ``hook`` is told about progress: the first half of the file's duration as the VAD runs,
     the second half as windows are transcribed.
     """
@@ -126,27 +130,32 @@ def transcribe_file(
     duration = audio.size / SAMPLE_RATE
     origin = started_at if started_at is not None else time.time() - duration
     windows = pack_windows(speech_spans(audio, vad, params, (lambda s: hook(s / 2)) if hook else None))
-    found: list[AbsoluteSegment] = []
-    done = 0.0
-    for window in windows:
+
+    def recognise(window: Window) -> list[tuple[AsrSegment, tuple[int, bool]]]:
         piece = window.audio(audio)  # (samples,) speech only
         segments = asr.transcribe(piece, language)
-        for seg, (speaker_id, is_user) in zip(segments, diarizer.assign(piece, segments), strict=True):
-            found.append(
-                AbsoluteSegment(
-                    id=str(uuid.uuid4()),
-                    text=seg.text,
-                    start=origin + window.original_time(seg.start),
-                    end=origin + window.original_time(seg.end),
-                    speaker_id=speaker_id,
-                    is_user=is_user,
-                    stt_provider=asr.name,
+        return list(zip(segments, diarizer.assign(piece, segments), strict=True))
+
+    found: list[AbsoluteSegment] = []
+    done = 0.0
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="ingest") as pool:
+        for window, recognised in zip(windows, pool.map(recognise, windows), strict=True):
+            for seg, (speaker_id, is_user) in recognised:
+                found.append(
+                    AbsoluteSegment(
+                        id=str(uuid.uuid4()),
+                        text=seg.text,
+                        start=origin + window.original_time(seg.start),
+                        end=origin + window.original_time(seg.end),
+                        speaker_id=speaker_id,
+                        is_user=is_user,
+                        stt_provider=asr.name,
+                    )
                 )
-            )
-        if hook:
-            end = window.spans[-1][1] / SAMPLE_RATE
-            hook((end - done) / 2)
-            done = end
+            if hook:
+                end = window.spans[-1][1] / SAMPLE_RATE
+                hook((end - done) / 2)
+                done = end
     if hook and duration > done:
         hook((duration - done) / 2)
     return FileTranscript(path=path, duration_s=duration, conversations=_group(found, gap_s))

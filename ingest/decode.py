@@ -21,8 +21,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CODECS",
-    "audio_duration",
     "FrameDecoder",
+    "audio_duration",
     "load_audio_file",
     "load_opuslib",
     "make_decoder",

@@ -2,8 +2,8 @@
 
 Transcription runs in a shared thread pool (:class:`Transcriber`), so no stream blocks the event
 loop or another stream. Each stream queues its own utterances. Partial results are best effort:
-they are skipped while the stream has a backlog or every worker is busy, so they never delay a
-final result. Past ``max_queued_audio_s`` of backlog a stream's oldest speech is dropped, counted
+they are skipped while the stream has a backlog or any transcription is running, so they rarely
+delay a final result. Past ``max_queued_audio_s`` of backlog a stream's oldest speech is dropped, counted
 in metrics and logged.
 """
 
@@ -244,7 +244,10 @@ class LiveStream:
             if not await self._deliver(segments, utterance.final):
                 continue
             if utterance.final:
-                lag = time.time() - job.queued_at
+                # From the end of speech on the wall clock; a client sending faster than real time
+                # has its utterances end "in the future", so never count from later than the VAD saw it.
+                speech_end = origin + (utterance.end - utterance.start) - self.params.speech_pad_ms / 1000
+                lag = time.time() - min(job.queued_at, speech_end)
                 self.metrics.observe("segment_lag_seconds", lag)
                 if lag > 2.0:
                     self.metrics.inc("stream_behind_total")

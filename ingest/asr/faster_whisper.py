@@ -107,6 +107,8 @@ class FasterWhisper(SpeechToText):
             text = self._transcribe_short(audio, lang)
             if text is not None:
                 return [AsrSegment(start=0.0, end=round(duration, 3), text=text)] if text else []
+            # Live: one greedy pass, no temperature retries, to keep the tail latency bounded.
+            return self._transcribe_windows(audio, lang, temperature=0.0)
         return self._transcribe_windows(audio, lang)
 
     def _tokenizer(self, language: str) -> Any:
@@ -148,10 +150,14 @@ class FasterWhisper(SpeechToText):
             return None
         return text
 
-    def _transcribe_windows(self, audio: NDArray[np.float32], lang: str | None) -> list[AsrSegment]:
+    def _transcribe_windows(
+        self, audio: NDArray[np.float32], lang: str | None, temperature: float | None = None
+    ) -> list[AsrSegment]:
+        options: dict[str, Any] = {} if temperature is None else {"temperature": temperature}
         segments, _ = self._model.transcribe(
             audio,
             language=lang,
+            **options,
             beam_size=self._beam_size,
             vad_filter=False,
             condition_on_previous_text=False,
