@@ -169,11 +169,15 @@ class ConversationManager:
         return current
 
     async def _close_locked(self, uid: str, conversation_id: str) -> Conversation | None:
-        current = self._current.get(uid)
-        if current is not None and current.id == conversation_id:
+        cached = self._current.get(uid)
+        if cached is not None and cached.id == conversation_id:
             del self._current[uid]
-        if current is not None and current.id == conversation_id and current.segments:
-            await self._emit(uid, {"type": "memory_processing_started", "memory": current.to_omi(), "messages": []})
+            closing: Conversation | None = cached
+        else:  # closed after a restart, or by the HTTP API: read it only if someone is listening
+            closing = await self.store.in_progress(uid) if self._listeners.get(uid) else None
+        if closing is not None and closing.id == conversation_id and closing.segments:
+            event = {"type": "memory_processing_started", "memory": closing.to_omi(), "messages": []}
+            await self._emit(uid, event)
         conversation = await self.store.complete(conversation_id)
         if conversation is None:
             return None
