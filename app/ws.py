@@ -46,8 +46,6 @@ class ListenParams:
     language: str
     sample_rate: int
     codec: str
-    channels: int
-    include_speech_profile: bool
     conversation_timeout: int | None
     source: str
 
@@ -66,13 +64,10 @@ class ListenParams:
 
         language = query.get("language", "en") or "en"
         sample_rate = integer("sample_rate", 8000)
-        channels = integer("channels", 1)
         return cls(
             language="multi" if language == "auto" else language,
             sample_rate=sample_rate if sample_rate is not None else 8000,
             codec=query.get("codec", "pcm8") or "pcm8",
-            channels=channels if channels is not None else 1,
-            include_speech_profile=query.get("include_speech_profile", "true").lower() != "false",
             conversation_timeout=integer("conversation_timeout", None),
             source=query.get("source") or "omi",
         )

@@ -141,7 +141,7 @@ class ConversationManager:
         closed = 0
         for uid, conversation_id in await self.store.due(time.time()):
             async with self._locks[uid]:
-                current = await self.store.in_progress(uid)
+                current = await self._load(uid)
                 # Re-check under the lock: speech may have arrived since the query.
                 if (
                     current
@@ -169,15 +169,12 @@ class ConversationManager:
         return current
 
     async def _close_locked(self, uid: str, conversation_id: str) -> Conversation | None:
-        cached = self._current.get(uid)
-        if cached is not None and cached.id == conversation_id:
+        closing = await self._load(uid)
+        if closing is not None and closing.id == conversation_id:
             del self._current[uid]
-            closing: Conversation | None = cached
-        else:  # closed after a restart, or by the HTTP API: read it only if someone is listening
-            closing = await self.store.in_progress(uid) if self._listeners.get(uid) else None
-        if closing is not None and closing.id == conversation_id and closing.segments:
-            event = {"type": "memory_processing_started", "memory": closing.to_omi(), "messages": []}
-            await self._emit(uid, event)
+            if closing.segments:
+                event = {"type": "memory_processing_started", "memory": closing.to_omi(), "messages": []}
+                await self._emit(uid, event)
         conversation = await self.store.complete(conversation_id)
         if conversation is None:
             return None

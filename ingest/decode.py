@@ -103,7 +103,6 @@ class FrameDecoder:
 
     codec: str
     sample_rate: int
-    frame_size: int
     _opus: Any = None
     _resampler: Any = None
     _odd_byte: bytes = b""
@@ -112,7 +111,7 @@ class FrameDecoder:
         """Decode one frame. Raises :class:`DecodeError` for an undecodable Opus packet."""
         if self._opus is not None:
             try:
-                # Up to 120 ms per packet is legal Opus; frame_size bounds the output buffer.
+                # A packet may legally hold up to 120 ms; size the output buffer for that.
                 pcm = self._opus.decode(frame, frame_size=self.sample_rate * 120 // 1000)
             except Exception as exc:
                 raise DecodeError(f"undecodable Opus packet of {len(frame)} bytes: {exc}") from exc
@@ -148,8 +147,7 @@ def make_decoder(codec: str, sample_rate: int) -> FrameDecoder:
         raise UnsupportedAudioError(
             f"Unsupported sample_rate {sample_rate} for {codec}; use one of {', '.join(map(str, allowed))}"
         )
-    frame_size = 320 if codec == "opus_fs320" else 160
-    decoder = FrameDecoder(codec=codec, sample_rate=sample_rate, frame_size=frame_size)
+    decoder = FrameDecoder(codec=codec, sample_rate=sample_rate)
     if is_opus:
         decoder._opus = load_opuslib().Decoder(sample_rate, 1)
     if sample_rate != SAMPLE_RATE:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from ingest.conversations import AbsoluteSegment
 from ingest.metrics import Metrics
+from ingest.schema import SAMPLE_RATE
 from ingest.vad import Endpointer, SileroVad, UtteranceAudio, VadParams
 
 if TYPE_CHECKING:
@@ -150,7 +151,7 @@ class LiveStream:
         if self.origin is None:
             # A client streaming faster than real time runs ahead of the wall clock.
             self.origin = max(time.time(), self.origin_floor)
-        self.metrics.inc("audio_seconds_total", audio.size / 16_000)
+        self.metrics.inc("audio_seconds_total", audio.size / SAMPLE_RATE)
         self._queue(self._endpointer.feed(audio))
 
     async def finish(self, timeout_s: float = 60.0) -> None:
@@ -166,12 +167,6 @@ class LiveStream:
             except TimeoutError:
                 log.warning("stream closed with %.1f s of speech still untranscribed", self.queued_seconds)
                 self._worker.cancel()
-
-    async def cancel(self) -> None:
-        """Stop without waiting for pending transcription."""
-        if self._worker is not None:
-            self._worker.cancel()
-            await asyncio.gather(self._worker, return_exceptions=True)
 
     def _queue(self, items: list[UtteranceAudio]) -> None:
         now = time.time()

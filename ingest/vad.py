@@ -126,16 +126,6 @@ class Endpointer:
     _last_partial: int = 0
     _utterance_id: str = ""
 
-    @property
-    def position_s(self) -> float:
-        """Seconds of audio analysed so far."""
-        return self._position / SAMPLE_RATE
-
-    @property
-    def in_speech(self) -> bool:
-        """Whether an utterance is open."""
-        return self._in_speech
-
     def feed(self, audio: NDArray[np.float32]) -> list[UtteranceAudio]:
         """Add audio; return the utterances it completed and any partial snapshot due."""
         self._buffer.append(audio)
