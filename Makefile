@@ -3,6 +3,8 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+# The CPU build of torch; installed first so the project's `torch>=2.2` does not pull a CUDA build.
+TORCH  ?= torch==2.13.0
 APT_PACKAGES := libopus0 libsndfile1 espeak-ng sox postgresql
 
 .DEFAULT_GOAL := help
@@ -28,6 +30,7 @@ $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11 or run make PYTHON=python3"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q '$(TORCH)'
 	$(BIN)/pip install -q -e '.[dev]'
 	@touch $@
 

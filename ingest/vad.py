@@ -18,7 +18,7 @@ from ingest.schema import SAMPLE_RATE, Utterance
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
-__all__ = ["Endpointer", "SileroVad", "UtteranceAudio", "VadParams", "load_vad"]
+__all__ = ["Endpointer", "SileroVad", "UtteranceAudio", "VadParams", "load_vad", "speech_probabilities"]
 
 CHUNK = 512  # samples per VAD step (32 ms)
 CONTEXT = 64  # samples of the previous chunk the model sees
@@ -201,3 +201,19 @@ class Endpointer:
             return []
         utterance = Utterance(id=self._utterance_id, start=start / SAMPLE_RATE, end=end / SAMPLE_RATE, final=final)
         return [UtteranceAudio(utterance, audio)]
+
+
+def speech_probabilities(vad: SileroVad, audio: NDArray[np.float32], *, batch: int = 256) -> NDArray[np.float32]:
+    """Speech probability of each 32 ms chunk of ``audio`` (the last partial chunk is zero-padded)."""
+    n = -(-audio.size // CHUNK)
+    padded = np.zeros(n * CHUNK, dtype=np.float32)
+    padded[: audio.size] = audio
+    blocks = padded.reshape(n, CHUNK)
+    contexts = np.vstack([np.zeros((1, CONTEXT), np.float32), blocks[:-1, -CONTEXT:]])
+    rows = np.hstack([contexts, blocks])
+    state: tuple[Any, Any] = (np.zeros((1, 1, 128), np.float32), np.zeros((1, 1, 128), np.float32))
+    out: list[NDArray[np.float32]] = []
+    for i in range(0, n, batch):
+        probs, state = vad(rows[i : i + batch], state)
+        out.append(probs)
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)

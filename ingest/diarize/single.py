@@ -1,23 +1,30 @@
-"""Placeholder diarizer: everything is speaker 0."""
+"""Diarization turned off: everyone is one speaker."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ingest.diarize.base import Diarizer
+from ingest.diarize.base import Diarization, Diarizer, SpeakerTurn
+from ingest.schema import SAMPLE_RATE
 
 if TYPE_CHECKING:
     import numpy as np
     from numpy.typing import NDArray
 
-    from ingest.schema import AsrSegment
-
 __all__ = ["SingleSpeaker"]
 
 
 class SingleSpeaker(Diarizer):
-    """Attributes every segment to ``SPEAKER_0``, not known to be the wearer."""
+    """Attributes all audio to speaker 0 (``DIARIZER=none``)."""
 
-    def assign(self, audio: NDArray[np.float32], segments: list[AsrSegment]) -> list[tuple[int, bool]]:
-        """``(0, False)`` for every segment."""
-        return [(0, False) for _ in segments]
+    name = "none"
+
+    def diarize(
+        self,
+        audio: NDArray[np.float32],
+        *,
+        num_speakers: int | None = None,
+        max_speakers: int | None = None,
+    ) -> Diarization:
+        """One turn spanning the whole recording."""
+        return Diarization([SpeakerTurn(0.0, audio.size / SAMPLE_RATE, 0)] if audio.size else [])
