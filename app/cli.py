@@ -1,4 +1,4 @@
-"""The ``omi-letta`` command: ``serve``, ``ingest`` and ``simulate``."""
+"""The ``omi-letta`` command: ``serve``, ``ingest``, ``enroll``, ``speakers`` and ``simulate``."""
 
 from __future__ import annotations
 
@@ -8,11 +8,15 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app import __version__
-from app.settings import SettingsError, load_settings
+from app.settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from memory.speakers import SpeakerStore
 
 __all__ = ["main"]
 
@@ -37,6 +41,28 @@ def _parser() -> argparse.ArgumentParser:
     ingest.add_argument(
         "--no-deliver", action="store_true", help="store only; do not queue delivery to Letta and the vector index"
     )
+    ingest.add_argument("--speakers", type=int, metavar="N", help="number of speakers, when known (default: estimated)")
+    ingest.add_argument(
+        "--rttm", type=Path, metavar="PATH", help="also write who spoke when (RTTM, times from each file's start)"
+    )
+
+    enroll = commands.add_parser(
+        "enroll",
+        help="build a voice profile from a recording of one person speaking",
+        description="Build a voice profile from a recording of one person speaking (at least 2 s of speech), so "
+        "conversation speakers are recognised by name. Enrolling a name that exists (in any case), or --me again, "
+        "improves that profile instead of adding one.",
+    )
+    enroll.add_argument("file", type=Path, metavar="FILE", help="WAV, FLAC, MP3 or Ogg recording of one person")
+    who = enroll.add_mutually_exclusive_group(required=True)
+    who.add_argument("--name", help="the speaker's name")
+    who.add_argument("--me", action="store_true", help="the recording is the wearer's own voice")
+    enroll.add_argument("--uid", default="123", help="owner of the profile (default: 123)")
+    enroll.add_argument("--json", action="store_true", help="print the profile as JSON to stdout")
+
+    speakers = commands.add_parser("speakers", help="list the voice profiles of a user")
+    speakers.add_argument("--uid", default="123", help="owner of the profiles (default: 123)")
+    speakers.add_argument("--json", action="store_true", help="print the profiles as JSON to stdout")
 
     sim = commands.add_parser("simulate", help="stream a file to a server as an OMI device would")
     sim.add_argument("file", type=Path, metavar="FILE")
@@ -57,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
             return _serve(args)
         if args.command == "ingest":
             return _ingest(args)
+        if args.command == "enroll":
+            return _enroll(args)
+        if args.command == "speakers":
+            return _speakers(args)
         return _simulate(args)
     except SettingsError as exc:
         print(f"omi-letta: configuration error: {exc}", file=sys.stderr)
@@ -113,11 +143,14 @@ async def _ingest_files(settings: Any, args: argparse.Namespace) -> list[dict[st
     from app.services import Services
     from ingest.batch import transcribe_file
     from ingest.decode import audio_duration
+    from ingest.diarize.der import Turn, rttm_lines
+    from ingest.speakers import apply_identity, identity_of, match_profiles
     from memory.store import iso
 
     durations = [audio_duration(f) for f in args.files]  # fail on a bad file before loading models
     services = await Services.start(settings)
     out: list[dict[str, Any]] = []
+    rttm: list[str] = []
     try:
         bar = tqdm(
             total=round(sum(durations), 1),
@@ -133,7 +166,7 @@ async def _ingest_files(settings: Any, args: argparse.Namespace) -> list[dict[st
                     transcribe_file,
                     path,
                     asr=services.transcriber.asr,
-                    diarizer=services.transcriber.diarizer,
+                    diarizer=services.diarizer,
                     vad=services.vad,
                     params=services.vad_params(),
                     language=args.language,
@@ -141,8 +174,23 @@ async def _ingest_files(settings: Any, args: argparse.Namespace) -> list[dict[st
                     started_at=path.stat().st_mtime - duration,
                     hook=bar.update,
                     workers=services.settings.asr.workers,
+                    num_speakers=args.speakers or services.settings.diarization.num_speakers or None,
+                    max_speakers=services.settings.diarization.max_speakers,
                 )
-                for started_at, segments in transcript.conversations:
+                rttm += rttm_lines(
+                    path.stem,
+                    [Turn(t.start, t.end, f"SPEAKER_{t.speaker}") for t in transcript.diarization.turns],
+                )
+                identities = {
+                    s: identity_of(profile)
+                    for s, (profile, _) in match_profiles(
+                        transcript.diarization.embeddings,
+                        await services.speakers.list(args.uid),
+                        services.settings.diarization.speaker_match_threshold,
+                    ).items()
+                }
+                for started_at, found in transcript.conversations:
+                    segments = [apply_identity(s, s.speaker_id, identities.get(s.speaker_id)) for s in found]
                     stored = await services.store.add_completed(
                         uid=args.uid,
                         source="sdcard",
@@ -159,7 +207,16 @@ async def _ingest_files(settings: Any, args: argparse.Namespace) -> list[dict[st
                             "segments": [
                                 {
                                     k: getattr(s, k)
-                                    for k in ("start", "end", "text", "speaker", "speaker_id", "is_user", "person_id")
+                                    for k in (
+                                        "start",
+                                        "end",
+                                        "text",
+                                        "speaker",
+                                        "speaker_id",
+                                        "speaker_name",
+                                        "is_user",
+                                        "person_id",
+                                    )
                                 }
                                 for s in stored.segments
                             ],
@@ -167,7 +224,84 @@ async def _ingest_files(settings: Any, args: argparse.Namespace) -> list[dict[st
                     )
     finally:
         await services.stop()
+    if args.rttm:
+        args.rttm.write_text("".join(f"{line}\n" for line in rttm))
     return out
+
+
+def _enroll(args: argparse.Namespace) -> int:
+    from ingest.diarize import load_embedded
+    from ingest.diarize.enroll import load_enrollment_audio, voice_embedding
+    from ingest.errors import IngestError
+    from ingest.vad import load_vad
+    from memory.speakers import clean_name
+
+    settings = load_settings()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not args.file.is_file():
+        print(f"omi-letta enroll: no such file: {args.file}", file=sys.stderr)
+        return 2
+    try:
+        name = clean_name(args.name) if args.name is not None else None
+    except ValueError as exc:
+        print(f"omi-letta enroll: {exc}", file=sys.stderr)
+        return 2
+    try:
+        audio = load_enrollment_audio(args.file)
+        embedding, seconds = voice_embedding(audio, diarizer=load_embedded(settings.diarization, load_vad()))
+    except IngestError as exc:
+        print(f"omi-letta enroll: {exc.detail}", file=sys.stderr)
+        return 1
+
+    async def store() -> dict[str, Any]:
+        speakers, close = await _open_speakers(settings)
+        try:
+            profile = await speakers.enroll(args.uid, name=name, is_user=args.me, embedding=embedding, seconds=seconds)
+        finally:
+            await close()
+        return profile.to_api()
+
+    profile = asyncio.run(store())
+    if args.json:
+        json.dump(profile, sys.stdout, ensure_ascii=False, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(
+            f"enrolled {profile['name']}{' (the wearer)' if profile['is_user'] else ''} from {seconds:.1f} s of "
+            f"speech; the profile now has {profile['seconds']:.1f} s: {profile['id']}"
+        )
+    return 0
+
+
+def _speakers(args: argparse.Namespace) -> int:
+    settings = load_settings()
+
+    async def listed() -> list[dict[str, Any]]:
+        speakers, close = await _open_speakers(settings)
+        try:
+            return [p.to_api() for p in await speakers.list(args.uid)]
+        finally:
+            await close()
+
+    profiles = asyncio.run(listed())
+    if args.json:
+        json.dump(profiles, sys.stdout, ensure_ascii=False, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    if not profiles:
+        print(f"no voice profiles for uid {args.uid}; add one with `omi-letta enroll`", file=sys.stderr)
+    for p in profiles:
+        print(f"{p['id']}  {p['seconds']:7.1f} s  {p['name']}{'  (the wearer)' if p['is_user'] else ''}")
+    return 0
+
+
+async def _open_speakers(settings: Settings) -> tuple[SpeakerStore, Callable[[], Awaitable[None]]]:
+    """The voice profile store over the configured database, and how to close it."""
+    from memory.speakers import SpeakerStore
+    from memory.store import ConversationStore
+
+    store = await ConversationStore.open(settings.database_url)
+    return SpeakerStore(store.engine), store.close
 
 
 def _simulate(args: argparse.Namespace) -> int:

@@ -13,11 +13,21 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import RedocRenderPlugin, SwaggerRenderPlugin
 
 from app import __version__
-from app.routes import ConversationController, health, metrics, not_found, provide_services, provide_uid
+from app.routes import (
+    ConversationController,
+    SpeakerController,
+    conflict,
+    health,
+    metrics,
+    not_found,
+    provide_services,
+    provide_uid,
+    too_large,
+)
 from app.services import Services, check_can_serve
 from app.settings import Settings, get_settings
 from app.ws import listen
-from memory.errors import NotFoundError
+from memory.errors import ConflictError, NotFoundError
 
 if TYPE_CHECKING:
     from ingest.asr.base import SpeechToText
@@ -48,13 +58,13 @@ def create_app(
             await services.stop()
 
     return Litestar(
-        route_handlers=[listen, health, metrics, ConversationController],
+        route_handlers=[listen, health, metrics, ConversationController, SpeakerController],
         dependencies={
             "services": Provide(provide_services, sync_to_thread=False),
             "uid": Provide(provide_uid, sync_to_thread=False),
         },
         lifespan=[lifespan],
-        exception_handlers={NotFoundError: not_found},
+        exception_handlers={NotFoundError: not_found, ConflictError: conflict, 413: too_large},
         openapi_config=OpenAPIConfig(
             title="omi-letta",
             version=__version__,

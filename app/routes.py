@@ -1,19 +1,36 @@
-"""HTTP API: health, metrics, and the caller's conversations."""
+"""HTTP API: health, metrics, the caller's conversations and voice profiles."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import asyncio
+import re
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
 
-from litestar import Controller, Request, delete, get, post
-from litestar.exceptions import NotAuthorizedException
-from litestar.params import Parameter
+import msgspec
+from litestar import Controller, Request, delete, get, patch, post
+from litestar.datastructures import UploadFile
+from litestar.enums import RequestEncodingType
+from litestar.exceptions import NotAuthorizedException, ValidationException
+from litestar.params import Body, Parameter
 from litestar.response import Response
 
 from app.auth import AuthError, resolve_uid
 from app.services import Services
-from memory.errors import NotFoundError
+from ingest.errors import DecodeError, NotEnoughSpeechError, UnsupportedAudioError
+from memory.errors import ConflictError, NotFoundError
+from memory.speakers import MAX_NAME_CHARS, clean_name
 
-__all__ = ["ConversationController", "health", "metrics"]
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
+
+    from ingest.diarize.embedded import EmbeddedDiarizer
+
+__all__ = ["ConversationController", "SpeakerController", "health", "metrics"]
+
+MAX_ENROLL_UPLOAD_BYTES = 50 * 1024 * 1024
 
 
 def provide_services(request: Request[Any, Any, Any]) -> Services:
@@ -81,12 +98,211 @@ class ConversationController(Controller):
             conversation = closed
         return conversation.to_omi()
 
+    @patch("/{conversation_id:str}/speakers", summary="Relabel a speaker across one conversation")
+    async def relabel_speaker(
+        self, services: Services, uid: str, conversation_id: str, data: SpeakerRelabel
+    ) -> dict[str, Any]:
+        """Name one speaker (or mark them as the wearer) in every segment of the conversation.
+
+        The stored segments change, and a client streaming this conversation receives them again.
+        """
+        from ingest.diarize.live import Identity
+        from ingest.speakers import apply_identity
+
+        conversation = await services.store.get(uid, conversation_id)
+        if not any(s.speaker_id == data.speaker_id for s in conversation.segments):
+            raise NotFoundError(f"conversation {conversation_id} has no speaker {data.speaker_id}")
+        if data.is_user:
+            identity = Identity(person_id=None, name="me", is_user=True)
+        else:
+            if not data.name:
+                raise ValidationException(detail="give the speaker's `name`, or `is_user: true` for the wearer")
+            try:
+                name = clean_name(data.name)
+            except ValueError as exc:
+                raise ValidationException(detail=str(exc)) from exc
+            profile = next(
+                (
+                    p
+                    for p in await services.speakers.list(uid)
+                    if not p.is_user and p.name.casefold() == name.casefold()
+                ),
+                None,
+            )
+            identity = Identity(
+                person_id=data.person_id or (profile.id if profile else None),
+                name=name,
+                is_user=False,
+                profile_id=profile.id if profile else None,
+            )
+        if services.live_speakers is not None:
+            current = await services.conversations.current(uid)
+            if current is not None and current.id == conversation_id:
+                services.live_speakers.tracker(uid).identify(data.speaker_id, identity)
+        await services.conversations.relabel(
+            uid,
+            conversation_id,
+            lambda s: apply_identity(s, s.speaker_id, identity) if s.speaker_id == data.speaker_id else s,
+        )
+        return (await services.store.get(uid, conversation_id)).to_omi()
+
     @delete("/{conversation_id:str}", summary="Delete a conversation and its transcript")
     async def delete_conversation(self, services: Services, uid: str, conversation_id: str) -> None:
         """Delete it for good."""
         await services.conversations.forget(uid, conversation_id)
 
 
+class EnrollForm(msgspec.Struct):
+    """The multipart form of a voice enrollment."""
+
+    file: Annotated[
+        UploadFile | None,
+        msgspec.Meta(description="A recording of one person speaking (WAV, FLAC, MP3 or Ogg), at least 2 s of speech."),
+    ] = None
+    name: Annotated[
+        str | None, msgspec.Meta(description="The speaker's name. Enrolling a known name improves that profile.")
+    ] = None
+    me: Annotated[
+        str | None, msgspec.Meta(description="`true` to enroll the wearer's own voice instead of a named speaker.")
+    ] = None
+
+
+class SpeakerRename(msgspec.Struct):
+    """A new name for a voice profile."""
+
+    name: Annotated[str, msgspec.Meta(description=f"The new name, 1 to {MAX_NAME_CHARS} characters.")]
+
+
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off", "")
+
+
+def _enroll_target(form: EnrollForm) -> tuple[str | None, bool]:
+    """``(name, is_user)`` from the form: exactly one of ``name`` and ``me=true``; 400 otherwise."""
+    me = (form.me or "").strip().lower()
+    if me not in _TRUE + _FALSE:
+        raise ValidationException(detail=f"me must be true or false, not {form.me!r}")
+    is_user = me in _TRUE
+    if form.name is not None and is_user:
+        raise ValidationException(detail="give either a name or me=true, not both")
+    if form.name is None and not is_user:
+        raise ValidationException(
+            detail="say whose voice this is: the form field 'name', or me=true for the wearer's own voice"
+        )
+    return (_valid_name(form.name) if form.name is not None else None), is_user
+
+
+def _valid_name(name: str) -> str:
+    try:
+        return clean_name(name)
+    except ValueError as exc:
+        raise ValidationException(detail=str(exc)) from exc
+
+
+def _embed_upload(content: bytes, suffix: str, voices: EmbeddedDiarizer) -> tuple[NDArray[np.float32], float]:
+    """Decode an uploaded recording and embed its speech (blocking)."""
+    from ingest.diarize.enroll import load_enrollment_audio, voice_embedding
+
+    with tempfile.TemporaryDirectory(prefix="omi-letta-enroll-") as folder:
+        path = Path(folder) / f"upload{suffix}"
+        path.write_bytes(content)
+        audio = load_enrollment_audio(path)
+    return voice_embedding(audio, diarizer=voices)
+
+
+class SpeakerController(Controller):
+    """The caller's voice profiles: who conversation speakers are recognised as."""
+
+    path = "/v1/speakers"
+    tags = ["speakers"]
+
+    @post(
+        "/enroll",
+        summary="Enroll a voice from a recording",
+        status_code=201,
+        request_max_body_size=MAX_ENROLL_UPLOAD_BYTES,
+    )
+    async def enroll(
+        self,
+        services: Services,
+        uid: str,
+        data: Annotated[EnrollForm, Body(media_type=RequestEncodingType.MULTI_PART)],
+    ) -> dict[str, Any]:
+        """Build a voice profile from a recording of one person (multipart field ``file``).
+
+        Name the speaker with ``name``, or send ``me=true`` for the wearer. Enrolling a name that
+        exists (in any case), or the wearer again, improves that profile instead of adding one.
+        The upload may be up to 50 MB and 30 minutes long; 400 if it is not audio or has under 2 s
+        of speech.
+        """
+        name, is_user = _enroll_target(data)
+        if data.file is None:
+            raise ValidationException(detail="send the recording in the multipart form field 'file'")
+        filename = data.file.filename or "upload"
+        content = await data.file.read()
+        if not content:
+            raise ValidationException(detail=f"the uploaded file {filename!r} is empty")
+        suffix = "".join(re.findall(r"[A-Za-z0-9]", Path(filename).suffix))[:8]
+        try:
+            embedding, seconds = await asyncio.to_thread(
+                _embed_upload, content, f".{suffix}" if suffix else "", services.voices
+            )
+        except DecodeError as exc:
+            raise ValidationException(
+                detail=f"the uploaded file {filename!r} is not audio we can read; send WAV, FLAC, MP3 or Ogg"
+            ) from exc
+        except (NotEnoughSpeechError, UnsupportedAudioError) as exc:
+            raise ValidationException(detail=exc.detail) from exc
+        profile = await services.speakers.enroll(uid, name=name, is_user=is_user, embedding=embedding, seconds=seconds)
+        return profile.to_api()
+
+    @get("/", summary="List voice profiles")
+    async def list_speakers(self, services: Services, uid: str) -> dict[str, Any]:
+        """The caller's voice profiles, the wearer's first, then by name."""
+        return {"items": [p.to_api() for p in await services.speakers.list(uid)]}
+
+    @get("/{speaker_id:str}", summary="One voice profile")
+    async def get_speaker(self, services: Services, uid: str, speaker_id: str) -> dict[str, Any]:
+        """The profile, 404 if it is not the caller's."""
+        return (await services.speakers.get(uid, speaker_id)).to_api()
+
+    @patch("/{speaker_id:str}", summary="Rename a voice profile")
+    async def rename_speaker(
+        self, services: Services, uid: str, speaker_id: str, data: SpeakerRename
+    ) -> dict[str, Any]:
+        """Give the profile a new name; 409 if another of the caller's profiles has it."""
+        return (await services.speakers.rename(uid, speaker_id, _valid_name(data.name))).to_api()
+
+    @delete("/{speaker_id:str}", summary="Delete a voice profile")
+    async def delete_speaker(self, services: Services, uid: str, speaker_id: str) -> None:
+        """Forget the voice; its speakers are no longer recognised."""
+        await services.speakers.delete(uid, speaker_id)
+
+
+class SpeakerRelabel(msgspec.Struct):
+    """Who one speaker of a conversation is."""
+
+    speaker_id: Annotated[int, msgspec.Meta(ge=0, description="The speaker to relabel (`speaker_id` of its segments).")]
+    name: Annotated[
+        str | None,
+        msgspec.Meta(description="Their name; a voice profile of that name gives its id as `person_id`."),
+    ] = None
+    is_user: Annotated[bool, msgspec.Meta(description="`true`: the speaker is the wearer (reads `me`).")] = False
+    person_id: Annotated[str | None, msgspec.Meta(description="A person id to record on the segments.")] = None
+
+
 def not_found(request: Request[Any, Any, Any], exc: NotFoundError) -> Response[dict[str, Any]]:
     """Map :class:`NotFoundError` to 404, the one place domain errors become HTTP."""
     return Response({"status_code": 404, "detail": exc.detail}, status_code=404)
+
+
+def too_large(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    """413 that says how large a request body this route accepts."""
+    limit = request.route_handler.resolve_request_max_body_size()
+    detail = f"the request body is larger than the {limit / 2**20:.0f} MB this route accepts" if limit else str(exc)
+    return Response({"status_code": 413, "detail": detail}, status_code=413)
+
+
+def conflict(request: Request[Any, Any, Any], exc: ConflictError) -> Response[dict[str, Any]]:
+    """Map :class:`ConflictError` to 409."""
+    return Response({"status_code": 409, "detail": exc.detail}, status_code=409)

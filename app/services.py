@@ -8,10 +8,13 @@ from dataclasses import dataclass
 from app.settings import Settings, SettingsError
 from ingest.asr import SpeechToText, load_asr
 from ingest.conversations import ConversationManager, clamp_timeout
-from ingest.diarize import Diarizer, load_diarizer
+from ingest.diarize import Diarizer, load_diarizer, load_embedded
+from ingest.diarize.embedded import EmbeddedDiarizer
 from ingest.metrics import Metrics
+from ingest.speakers import LiveSpeakers
 from ingest.stream import Transcriber
 from ingest.vad import SileroVad, VadParams, load_vad
+from memory.speakers import SpeakerStore
 from memory.store import ConversationStore
 
 __all__ = ["Services", "check_can_serve"]
@@ -42,6 +45,10 @@ class Services:
     transcriber: Transcriber
     vad: SileroVad
     metrics: Metrics
+    speakers: SpeakerStore
+    diarizer: Diarizer  # whole recordings (batch ingest)
+    voices: EmbeddedDiarizer  # live labels, refinement and voice profiles
+    live_speakers: LiveSpeakers | None  # None when DIARIZER=none
 
     @classmethod
     async def start(
@@ -65,12 +72,29 @@ class Services:
             metrics.inc(counter, 0.0)
         metrics.set_gauge("streams_active", 0)
         asr = asr or load_asr(settings.asr)
-        transcriber = Transcriber(asr, diarizer or load_diarizer(), workers=settings.asr.workers, metrics=metrics)
+        vad = load_vad()
+        d = settings.diarization
+        voices = load_embedded(d, vad)
+        diarizer = diarizer or load_diarizer(d, vad, voices)
+        transcriber = Transcriber(asr, workers=settings.asr.workers, metrics=metrics)
         store = await ConversationStore.open(settings.database_url)
-        conversations = ConversationManager(store, sweep_interval_s=settings.conversation.sweep_interval_s)
+        speakers = SpeakerStore(store.engine)
+        live = (
+            LiveSpeakers(
+                voices, speakers, match_threshold=d.speaker_match_threshold, num_speakers=d.num_speakers or None
+            )
+            if d.backend != "none"
+            else None
+        )
+        conversations = ConversationManager(
+            store,
+            sweep_interval_s=settings.conversation.sweep_interval_s,
+            refiner=(lambda uid, c: live.refine(uid, c.segments, c.started_at)) if live else None,
+            on_forget=(lambda uid: live.forget(uid)) if live else None,
+        )
         await conversations.start()
-        log.info("ready: speech-to-text %s, database %s", asr.name, store.dialect)
-        return cls(settings, store, conversations, transcriber, load_vad(), metrics)
+        log.info("ready: speech-to-text %s, diarizer %s, database %s", asr.name, diarizer.name, store.dialect)
+        return cls(settings, store, conversations, transcriber, vad, metrics, speakers, diarizer, voices, live)
 
     async def stop(self) -> None:
         """Stop background work and close the database."""

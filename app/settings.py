@@ -142,14 +142,12 @@ class DiarizationSettings:
         "(needs `omi-letta[pyannote]` and weights), or `none` (everyone is one speaker).",
         choices=("embedded", "pyannote", "none"),
     )
-    num_speakers: int = setting(
-        "DIARIZATION_NUM_SPEAKERS", 0, "Number of speakers when it is known; 0 estimates it."
-    )
+    num_speakers: int = setting("DIARIZATION_NUM_SPEAKERS", 0, "Number of speakers when it is known; 0 estimates it.")
     max_speakers: int = setting("DIARIZATION_MAX_SPEAKERS", 8, "Most speakers one conversation may have.")
     threads: int = setting("DIARIZATION_THREADS", 1, "CPU threads of the speaker encoder per call.")
     speaker_match_threshold: float = setting(
         "SPEAKER_MATCH_THRESHOLD",
-        0.75,
+        0.83,
         "Cosine similarity at which a conversation speaker is taken to be an enrolled voice profile.",
     )
     pyannote_pipeline: str = setting(
@@ -311,14 +309,8 @@ def load_settings(environ: dict[str, str] | None = None, env_file: Path | None =
     """
     env = read_env_file(env_file) if env_file else {}
     env.update(os.environ if environ is None else environ)
-    sections = {
-        "server": _build_section(ServerSettings, env),
-        "auth": _build_section(AuthSettings, env),
-        "asr": _build_section(AsrSettings, env),
-        "stream": _build_section(StreamSettings, env),
-        "conversation": _build_section(ConversationSettings, env),
-        "storage": _build_section(StorageSettings, env),
-    }
+    hints = get_type_hints(Settings)
+    sections = {f.name: _build_section(hints[f.name], env) for f in fields(Settings)}
     return Settings(**sections)
 
 

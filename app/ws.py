@@ -23,11 +23,14 @@ from litestar.exceptions import WebSocketDisconnect
 from app.auth import AuthError, resolve_uid
 from ingest.decode import make_decoder
 from ingest.errors import DecodeError, IngestError, UnsupportedAudioError
+from ingest.segments import speaker_name
+from ingest.speakers import apply_identity
 from ingest.stream import LiveStream
 
 if TYPE_CHECKING:
     from app.services import Services
     from ingest.conversations import AbsoluteSegment
+    from ingest.diarize.live import Identity
     from ingest.segments import TranscriptSegment
 
 __all__ = ["listen"]
@@ -140,15 +143,36 @@ async def listen(socket: WebSocket) -> None:
         await session.send_json({"type": "last_memory", "memory_id": last})
     unsubscribe = conversations.subscribe(uid, session.send_json)
 
+    live = services.live_speakers
+    if live is not None and resumed is not None:
+        live.resume(uid, resumed.segments)
+    previewed: set[str] = set()  # stored segments a partial was shown merged into
+
     async def sink(segments: list[AbsoluteSegment], final: bool) -> None:
+        found = []
+        if final and live is not None:
+            found = await live.recognise(uid, {s.speaker_id for s in segments})
+            if found:
+                segments = [_with_identity(s, live.tracker(uid).identity(s.speaker_id)) for s in segments]
         if final:
             changed = await conversations.add(
                 uid, segments, timeout_s=timeout_s, source=params.source, language=params.language
             )
+            if previewed:
+                # A partial may have been shown merged into a stored segment that the final did not
+                # join (another speaker, say): send that segment as stored again.
+                current = await conversations.current(uid)
+                stored = {seg.id: seg for seg in current.segments} if current else {}
+                sent = {seg.id for seg in changed}
+                changed += [stored[i] for i in previewed if i in stored and i not in sent]
+                previewed.clear()
         else:
             changed = await conversations.preview(uid, segments)
+            previewed.update(seg.id for seg in changed if seg.id not in {a.id for a in segments})
         if changed:
             await session.send_json(_segments_payload(changed))
+        for speaker_id, identity in found:
+            await _announce(session, services, uid, speaker_id, identity, segments)
 
     stream = LiveStream(
         decoder=decoder,
@@ -158,6 +182,7 @@ async def listen(socket: WebSocket) -> None:
         language=params.language,
         sink=sink,
         max_queued_audio_s=services.settings.stream.max_queued_audio_s,
+        speakers=(lambda: live.tracker(uid)) if live is not None else (lambda: None),
         origin_floor=resumed.finished_at if resumed else 0.0,
     )
     metrics = services.metrics
@@ -172,7 +197,7 @@ async def listen(socket: WebSocket) -> None:
     )
     await session.send_json({"type": "service_status", "status": "ready", "status_text": None})
 
-    reader = asyncio.create_task(_read(session, stream, services))
+    reader = asyncio.create_task(_read(session, stream, services, uid))
     keeper = asyncio.create_task(_keepalive(session, services))
     try:
         await asyncio.wait({reader, keeper}, return_when=asyncio.FIRST_COMPLETED)
@@ -188,7 +213,7 @@ async def listen(socket: WebSocket) -> None:
         log.info("stream closed")
 
 
-async def _read(session: _Session, stream: LiveStream, services: Services) -> None:
+async def _read(session: _Session, stream: LiveStream, services: Services, uid: str) -> None:
     metrics = services.metrics
     bad_frames = 0
     while True:
@@ -213,18 +238,93 @@ async def _read(session: _Session, stream: LiveStream, services: Services) -> No
             continue
         text = message.get("text")
         if isinstance(text, str):
-            _handle_text(text, metrics)
+            await _handle_text(text, session, services, uid)
 
 
-def _handle_text(text: str, metrics: Any) -> None:
-    """Text frames (``speaker_assigned``, ``image_chunk``, ...) are not acted on yet; count them."""
+async def _handle_text(text: str, session: _Session, services: Services, uid: str) -> None:
+    """JSON text frames: ``speaker_assigned`` is acted on; other types are counted and ignored."""
     try:
         payload = json.loads(text)
     except ValueError:
         payload = None
     kind = payload.get("type") if isinstance(payload, dict) else None
-    metrics.inc("text_frames_ignored_total")
+    if kind == "speaker_assigned" and isinstance(payload, dict):
+        try:
+            await _speaker_assigned(payload, session, services, uid)
+        except Exception:
+            log.exception("could not apply a speaker_assigned frame")
+        return
+    services.metrics.inc("text_frames_ignored_total")
     log.debug("ignored a text frame of type %r", kind)
+
+
+async def _speaker_assigned(payload: dict[str, Any], session: _Session, services: Services, uid: str) -> None:
+    """OMI ``speaker_assigned``: name a session speaker now and in the rest of the conversation.
+
+    Accepted when the speaker exists and at least one listed segment is in the user's
+    in-progress conversation, as in OMI. Stored segments of that speaker are relabelled and
+    re-sent; the person's voice profile learns from the speaker's speech.
+    """
+    live = services.live_speakers
+    speaker_id = payload.get("speaker_id")
+    person_id = payload.get("person_id")
+    name = payload.get("person_name") or ""
+    segment_ids = payload.get("segment_ids") or []
+    if live is None or not isinstance(speaker_id, int) or not isinstance(person_id, str) or not isinstance(name, str):
+        services.metrics.inc("speaker_assignments_rejected_total")
+        log.info("rejected a malformed speaker_assigned frame")
+        return
+    current = await services.conversations.current(uid)
+    if current is None or not {s.id for s in current.segments} & set(map(str, segment_ids)):
+        services.metrics.inc("speaker_assignments_rejected_total")
+        log.info("rejected speaker_assigned: none of its segments is in the conversation in progress")
+        return
+    identity = await live.assign(uid, speaker_id, person_id=person_id, person_name=name)
+    await services.conversations.relabel(
+        uid,
+        current.id,
+        lambda s: apply_identity(s, s.speaker_id, identity) if s.speaker_id == speaker_id else s,
+    )
+    services.metrics.inc("speaker_assignments_total")
+
+
+def _with_identity(segment: AbsoluteSegment, identity: Identity | None) -> AbsoluteSegment:
+    if identity is None:
+        return segment
+    return msgspec.structs.replace(
+        segment,
+        is_user=identity.is_user,
+        person_id=identity.person_id,
+        speaker_name=speaker_name(segment.speaker_id, is_user=identity.is_user, name=identity.name),
+    )
+
+
+async def _announce(
+    session: _Session,
+    services: Services,
+    uid: str,
+    speaker_id: int,
+    identity: Identity,
+    segments: list[AbsoluteSegment],
+) -> None:
+    """``speaker_label_suggestion`` for a voice match, and the speaker's earlier segments relabelled."""
+    first = next(s for s in segments if s.speaker_id == speaker_id)
+    await session.send_json(
+        {
+            "type": "speaker_label_suggestion",
+            "speaker_id": speaker_id,
+            "person_id": "user" if identity.is_user else (identity.person_id or ""),
+            "person_name": identity.name,
+            "segment_id": first.id,
+        }
+    )
+    current = await services.conversations.current(uid)
+    if current is not None:
+        await services.conversations.relabel(
+            uid,
+            current.id,
+            lambda s: apply_identity(s, s.speaker_id, identity) if s.speaker_id == speaker_id else s,
+        )
 
 
 async def _keepalive(session: _Session, services: Services) -> None:

@@ -176,7 +176,7 @@ class InProcess:
 
         from app.settings import load_settings
         from ingest.asr.faster_whisper import FasterWhisper
-        from ingest.diarize import load_diarizer
+        from ingest.diarize import SingleSpeaker
         from ingest.vad import VadParams, load_vad
 
         settings = load_settings(environ={}, env_file=None)
@@ -191,7 +191,7 @@ class InProcess:
         self.gap_s = settings.conversation.default_timeout_s
         self.workers = settings.asr.workers
         self.vad = load_vad()
-        self.diarizer = load_diarizer()
+        self.diarizer = SingleSpeaker()  # speech-to-text only; bench/diarize.py measures diarization
         self.ours = {
             t: FasterWhisper.from_settings(settings.asr.__class__(**{**settings.asr.__dict__, "cpu_threads": t}))
             for t in threads

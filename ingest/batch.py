@@ -1,9 +1,11 @@
 """Batch ingest: audio files through the same VAD, speech-to-text and diarization into conversations.
 
-A file is cut into utterances by the streaming VAD. Their audio is packed back to back into
-windows of up to ``WINDOW_S`` seconds of speech, one transcription call per window (as
-faster-whisper's own VAD filter does), and segment times are mapped back to the file. A silence
-of at least the conversation timeout starts a new conversation.
+The whole file is diarized first. It is then cut into utterances by the streaming VAD, whose
+audio is packed back to back into windows of up to ``WINDOW_S`` seconds of speech, one
+transcription call per window (as faster-whisper's own VAD filter does); segment and word
+times are mapped back to the file. Each word takes the speaker whose turn it overlaps most,
+and a segment is split at the word where the speaker changes. A silence of at least the
+conversation timeout starts a new conversation.
 """
 
 from __future__ import annotations
@@ -20,18 +22,17 @@ import numpy as np
 
 from ingest.conversations import AbsoluteSegment
 from ingest.decode import load_audio_file
-from ingest.schema import SAMPLE_RATE
-from ingest.segments import TranscriptSegment, combine_segments, speaker_label
+from ingest.schema import SAMPLE_RATE, AsrSegment, AsrWord
+from ingest.segments import TranscriptSegment, combine_segments, speaker_label, speaker_name
 from ingest.vad import Endpointer, SileroVad, VadParams
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
     from ingest.asr.base import SpeechToText
-    from ingest.diarize.base import Diarizer
-    from ingest.schema import AsrSegment
+    from ingest.diarize.base import Diarization, Diarizer, SpeakerTurn
 
-__all__ = ["FileTranscript", "Window", "pack_windows", "speech_spans", "transcribe_file"]
+__all__ = ["FileTranscript", "Window", "attribute", "pack_windows", "speech_spans", "transcribe_file"]
 
 WINDOW_S = 28.0
 FEED_S = 1.0
@@ -47,6 +48,7 @@ class FileTranscript:
     path: Path
     duration_s: float
     conversations: list[tuple[float, list[TranscriptSegment]]]
+    diarization: Diarization  # times in seconds from the start of the file
 
 
 def speech_spans(
@@ -119,46 +121,94 @@ def transcribe_file(
     started_at: float | None = None,
     hook: ProgressHook | None = None,
     workers: int = 1,
+    num_speakers: int | None = None,
+    max_speakers: int | None = None,
 ) -> FileTranscript:
-    """Transcribe one file into conversations split at silences of ``gap_s`` or more.
+    """Transcribe and diarize one file into conversations split at silences of ``gap_s`` or more.
 
     Up to ``workers`` windows are transcribed at once (the engine must allow that many calls).
-    ``hook`` is told about progress: the first half of the file's duration as the VAD runs,
-    the second half as windows are transcribed.
+    ``hook`` is told about progress: a quarter of the file's duration as the VAD runs, a quarter
+    when diarization ends, and the second half as windows are transcribed.
     """
     audio = load_audio_file(path)
     duration = audio.size / SAMPLE_RATE
     origin = started_at if started_at is not None else time.time() - duration
-    windows = pack_windows(speech_spans(audio, vad, params, (lambda s: hook(s / 2)) if hook else None))
+    windows = pack_windows(speech_spans(audio, vad, params, (lambda s: hook(s / 4)) if hook else None))
+    diarization = diarizer.diarize(audio, num_speakers=num_speakers, max_speakers=max_speakers)
+    if hook:
+        hook(duration / 4)
 
-    def recognise(window: Window) -> list[tuple[AsrSegment, tuple[int, bool]]]:
-        piece = window.audio(audio)  # (samples,) speech only
-        segments = asr.transcribe(piece, language)
-        return list(zip(segments, diarizer.assign(piece, segments), strict=True))
+    def recognise(window: Window) -> list[AsrSegment]:
+        return asr.transcribe(window.audio(audio), language, words=True)
 
     found: list[AbsoluteSegment] = []
     done = 0.0
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="ingest") as pool:
-        for window, recognised in zip(windows, pool.map(recognise, windows), strict=True):
-            for seg, (speaker_id, is_user) in recognised:
-                found.append(
-                    AbsoluteSegment(
-                        id=str(uuid.uuid4()),
-                        text=seg.text,
-                        start=origin + window.original_time(seg.start),
-                        end=origin + window.original_time(seg.end),
-                        speaker_id=speaker_id,
-                        is_user=is_user,
-                        stt_provider=asr.name,
+        for window, segments in zip(windows, pool.map(recognise, windows), strict=True):
+            for seg in segments:
+                for start, end, text, speaker in attribute(_in_file(seg, window), diarization.turns):
+                    found.append(
+                        AbsoluteSegment(
+                            id=str(uuid.uuid4()),
+                            text=text,
+                            start=origin + start,
+                            end=origin + end,
+                            speaker_id=speaker,
+                            is_user=False,
+                            stt_provider=asr.name,
+                        )
                     )
-                )
             if hook:
                 end = window.spans[-1][1] / SAMPLE_RATE
                 hook((end - done) / 2)
                 done = end
     if hook and duration > done:
         hook((duration - done) / 2)
-    return FileTranscript(path=path, duration_s=duration, conversations=_group(found, gap_s))
+    return FileTranscript(path=path, duration_s=duration, conversations=_group(found, gap_s), diarization=diarization)
+
+
+def _in_file(seg: AsrSegment, window: Window) -> AsrSegment:
+    """A segment of a packed window with its (and its words') times mapped back to the file."""
+    return AsrSegment(
+        start=window.original_time(seg.start),
+        end=window.original_time(seg.end),
+        text=seg.text,
+        words=tuple(AsrWord(window.original_time(w.start), window.original_time(w.end), w.text) for w in seg.words),
+    )
+
+
+def _speaker_at(start: float, end: float, turns: list[SpeakerTurn]) -> int | None:
+    """The speaker whose turns overlap ``[start, end]`` most, else the nearest turn's speaker."""
+    overlap: dict[int, float] = {}
+    for t in turns:
+        shared = min(end, t.end) - max(start, t.start)
+        if shared > 0:
+            overlap[t.speaker] = overlap.get(t.speaker, 0.0) + shared
+    if overlap:
+        return max(overlap, key=lambda s: overlap[s])
+    if not turns:
+        return None
+    middle = (start + end) / 2
+    nearest = min(turns, key=lambda t: min(abs(t.start - middle), abs(t.end - middle)))
+    return nearest.speaker
+
+
+def attribute(seg: AsrSegment, turns: list[SpeakerTurn]) -> list[tuple[float, float, str, int]]:
+    """Split a segment (times in the file) into ``(start, end, text, speaker)`` pieces at speaker changes.
+
+    Words take the speaker they overlap most; a segment without words goes whole to one speaker.
+    """
+    if not seg.words:
+        return [(seg.start, seg.end, seg.text, _speaker_at(seg.start, seg.end, turns) or 0)]
+    pieces: list[tuple[float, float, str, int]] = []
+    for word in seg.words:
+        speaker = _speaker_at(word.start, word.end, turns) or 0
+        if pieces and pieces[-1][3] == speaker:
+            start, _, text, _ = pieces[-1]
+            pieces[-1] = (start, word.end, text + word.text, speaker)
+        else:
+            pieces.append((word.start, word.end, word.text, speaker))
+    return [(start, end, text.strip(), speaker) for start, end, text, speaker in pieces if text.strip()]
 
 
 def _group(found: list[AbsoluteSegment], gap_s: float) -> list[tuple[float, list[TranscriptSegment]]]:
@@ -181,6 +231,7 @@ def _group(found: list[AbsoluteSegment], gap_s: float) -> list[tuple[float, list
                 start=round(s.start - started_at, 3),
                 end=round(s.end - started_at, 3),
                 stt_provider=s.stt_provider,
+                speaker_name=speaker_name(s.speaker_id),
             )
             for s in group
         ]

@@ -16,15 +16,19 @@ from typing import Any
 
 import msgspec
 
-from ingest.segments import TranscriptSegment, combine_segments, speaker_label
+from ingest.segments import TranscriptSegment, combine_segments, speaker_label, speaker_name
 from memory.store import Conversation, ConversationStore
 
-__all__ = ["AbsoluteSegment", "ConversationManager", "Listener"]
+__all__ = ["AbsoluteSegment", "ConversationManager", "Listener", "Refiner"]
 
 log = logging.getLogger(__name__)
 
-Listener = Callable[[dict[str, Any]], Awaitable[None]]
-"""Receives OMI events (``memory_processing_started``, ``memory_created``) for a user."""
+Listener = Callable[[Any], Awaitable[None]]
+"""Receives a user's OMI events (``memory_processing_started``, ``memory_created``, ...) and
+segment arrays whose speakers changed."""
+
+Refiner = Callable[[str, Conversation], Awaitable[list[TranscriptSegment]]]
+"""Called as a conversation closes (with its segments); returns the segments it re-attributed."""
 
 
 class AbsoluteSegment(msgspec.Struct, frozen=True):
@@ -37,6 +41,8 @@ class AbsoluteSegment(msgspec.Struct, frozen=True):
     speaker_id: int
     is_user: bool
     stt_provider: str | None
+    person_id: str | None = None
+    speaker_name: str | None = None
 
 
 def clamp_timeout(requested: int | None, *, default: int, minimum: int) -> int:
@@ -51,8 +57,17 @@ def clamp_timeout(requested: int | None, *, default: int, minimum: int) -> int:
 class ConversationManager:
     """Owns every user's in-progress conversation and closes them on time."""
 
-    def __init__(self, store: ConversationStore, *, sweep_interval_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        store: ConversationStore,
+        *,
+        sweep_interval_s: float = 5.0,
+        refiner: Refiner | None = None,
+        on_forget: Callable[[str], None] | None = None,
+    ) -> None:
         self.store = store
+        self._refiner = refiner
+        self._on_forget = on_forget
         self._sweep_interval = sweep_interval_s
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._current: dict[str, Conversation] = {}
@@ -112,6 +127,11 @@ class ConversationManager:
             await self.store.save_segments(current, changed, last_speech_at=now, timeout_s=timeout_s)
             return changed
 
+    async def current(self, uid: str) -> Conversation | None:
+        """The user's in-progress conversation, if any."""
+        async with self._locks[uid]:
+            return await self._load(uid)
+
     async def preview(self, uid: str, partial: list[AbsoluteSegment]) -> list[TranscriptSegment]:
         """How partial (not final) segments would look in the conversation; nothing is stored."""
         if not partial:
@@ -135,6 +155,29 @@ class ConversationManager:
             current = self._current.get(uid)
             if current is not None and current.id == conversation_id:
                 del self._current[uid]
+                if self._on_forget:
+                    self._on_forget(uid)
+
+    async def relabel(
+        self, uid: str, conversation_id: str, change: Callable[[TranscriptSegment], TranscriptSegment]
+    ) -> list[TranscriptSegment]:
+        """Apply ``change`` to every segment of a conversation; store and announce those that changed.
+
+        Raises:
+            NotFoundError: the conversation is not the user's.
+        """
+        async with self._locks[uid]:
+            current = self._current.get(uid)
+            conversation = (
+                current if current and current.id == conversation_id else await self.store.get(uid, conversation_id)
+            )
+            updated = [change(s) for s in conversation.segments]
+            changed = [new for old, new in zip(conversation.segments, updated, strict=True) if new != old]
+            if changed:
+                conversation.segments = updated
+                await self.store.save_segments(conversation, changed, last_speech_at=conversation.last_speech_at)
+                await self._emit(uid, [msgspec.to_builtins(s) for s in changed])
+            return changed
 
     async def sweep(self) -> int:
         """Close every conversation whose silence exceeded its timeout; returns how many."""
@@ -175,6 +218,7 @@ class ConversationManager:
             if closing.segments:
                 event = {"type": "memory_processing_started", "memory": closing.to_omi(), "messages": []}
                 await self._emit(uid, event)
+                await self._refine(uid, closing)
         conversation = await self.store.complete(conversation_id)
         if conversation is None:
             return None
@@ -182,12 +226,30 @@ class ConversationManager:
         await self._emit(uid, {"type": "memory_created", "memory": conversation.to_omi(), "messages": []})
         return conversation
 
-    async def _emit(self, uid: str, event: dict[str, Any]) -> None:
+    async def _refine(self, uid: str, closing: Conversation) -> None:
+        """Let the refiner re-attribute speakers; store and announce what it changed."""
+        if self._refiner is None:
+            return
+        try:
+            changed = await self._refiner(uid, closing)
+        except Exception:
+            log.exception("the speaker refinement of conversation %s failed; keeping the live labels", closing.id)
+            return
+        if not changed:
+            return
+        by_id = {s.id: s for s in changed}
+        closing.segments = [by_id.get(s.id, s) for s in closing.segments]
+        await self.store.save_segments(closing, changed, last_speech_at=closing.last_speech_at)
+        await self._emit(uid, [msgspec.to_builtins(s) for s in changed])
+        log.info("conversation %s: %d segment(s) re-attributed at close", closing.id, len(changed))
+
+    async def _emit(self, uid: str, event: Any) -> None:
         for listener in list(self._listeners.get(uid, ())):
             try:
                 await listener(event)
             except Exception:
-                log.warning("could not deliver %s to a client of uid %s", event["type"], uid)
+                kind = event.get("type") if isinstance(event, dict) else "segments"
+                log.warning("could not deliver %s to a client of uid %s", kind, uid)
 
     def _relative(self, conversation: Conversation, new: list[AbsoluteSegment]) -> list[TranscriptSegment]:
         return [self._to_segment(s, conversation.started_at) for s in new]
@@ -200,7 +262,9 @@ class ConversationManager:
             speaker=speaker_label(seg.speaker_id),
             speaker_id=seg.speaker_id,
             is_user=seg.is_user,
+            person_id=seg.person_id,
             start=round(max(0.0, seg.start - started_at), 3),
             end=round(max(0.0, seg.end - started_at), 3),
             stt_provider=seg.stt_provider,
+            speaker_name=seg.speaker_name or speaker_name(seg.speaker_id, is_user=seg.is_user),
         )

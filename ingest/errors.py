@@ -3,12 +3,13 @@
 IngestError                 root; carries ``detail``
 ├── UnsupportedAudioError   codec, sample rate or language the stream cannot take
 ├── DecodeError             one frame or file could not be decoded
+├── NotEnoughSpeechError    a voice enrollment has too little speech to build a profile from
 └── MissingDependencyError  a system library (libopus) or model is not installed
 """
 
 from __future__ import annotations
 
-__all__ = ["DecodeError", "IngestError", "MissingDependencyError", "UnsupportedAudioError"]
+__all__ = ["DecodeError", "IngestError", "MissingDependencyError", "NotEnoughSpeechError", "UnsupportedAudioError"]
 
 
 class IngestError(Exception):
@@ -25,6 +26,10 @@ class UnsupportedAudioError(IngestError):
 
 class DecodeError(IngestError):
     """A frame or file could not be decoded."""
+
+
+class NotEnoughSpeechError(IngestError):
+    """The audio holds too little speech to build a voice profile from."""
 
 
 class MissingDependencyError(IngestError):

@@ -6,7 +6,7 @@ import uuid
 
 import msgspec
 
-__all__ = ["TranscriptSegment", "combine_segments", "speaker_label"]
+__all__ = ["TranscriptSegment", "combine_segments", "speaker_label", "speaker_name"]
 
 MERGE_GAP_S = 3.0
 LONG_TEXT_CHARS = 125
@@ -16,6 +16,13 @@ TERMINAL = (".", "?", "!")
 def speaker_label(speaker_id: int) -> str:
     """``SPEAKER_n``, as the OMI backend's Deepgram path writes it."""
     return f"SPEAKER_{speaker_id}"
+
+
+def speaker_name(speaker_id: int, *, is_user: bool = False, name: str | None = None) -> str:
+    """How a speaker reads to people: ``me`` for the wearer, a known person's name, else ``Speaker n``."""
+    if is_user:
+        return "me"
+    return name or f"Speaker {speaker_id}"
 
 
 class TranscriptSegment(msgspec.Struct, kw_only=True):
@@ -32,6 +39,7 @@ class TranscriptSegment(msgspec.Struct, kw_only=True):
     translations: list[dict[str, str]] = msgspec.field(default_factory=list)
     speech_profile_processed: bool = True
     stt_provider: str | None = None
+    speaker_name: str | None = None  # ours: `me`, a known person's name, or `Speaker n`
 
 
 def _mergeable(prev: TranscriptSegment, nxt: TranscriptSegment) -> bool:

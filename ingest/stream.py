@@ -20,8 +20,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ingest.conversations import AbsoluteSegment
+from ingest.diarize.live import SpeakerTracker, TimedSpan
 from ingest.metrics import Metrics
-from ingest.schema import SAMPLE_RATE
+from ingest.schema import SAMPLE_RATE, AsrSegment
+from ingest.segments import speaker_name
 from ingest.vad import Endpointer, SileroVad, UtteranceAudio, VadParams
 
 if TYPE_CHECKING:
@@ -30,9 +32,8 @@ if TYPE_CHECKING:
 
     from ingest.asr.base import SpeechToText
     from ingest.decode import FrameDecoder
-    from ingest.diarize.base import Diarizer
 
-__all__ = ["LiveStream", "SegmentSink", "Transcriber"]
+__all__ = ["LiveStream", "SegmentSink", "TrackerSource", "Transcriber"]
 
 log = logging.getLogger(__name__)
 
@@ -41,25 +42,51 @@ SINK_RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 8.0)
 SegmentSink = Callable[[list[AbsoluteSegment], bool], Awaitable[None]]
 """Receives (segments, final) for each transcribed utterance."""
 
+TrackerSource = Callable[[], SpeakerTracker | None]
+"""The speaker tracker of the stream's conversation now (None: diarization is off)."""
+
 
 class Transcriber:
-    """Speech-to-text plus diarization on a bounded thread pool, shared by every stream."""
+    """Speech-to-text plus live speaker labels on a bounded thread pool, shared by every stream."""
 
-    def __init__(self, asr: SpeechToText, diarizer: Diarizer, *, workers: int, metrics: Metrics) -> None:
+    def __init__(self, asr: SpeechToText, *, workers: int, metrics: Metrics) -> None:
         self.asr = asr
-        self.diarizer = diarizer
         self.metrics = metrics
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stt")
         self._slots = asyncio.Semaphore(workers)
         self._active = 0
 
     def _run(
-        self, audio: NDArray[np.float32], language: str, origin: float, utterance_id: str
+        self,
+        audio: NDArray[np.float32],
+        language: str,
+        origin: float,
+        utterance_id: str,
+        tracker: SpeakerTracker | None,
+        final: bool,
     ) -> list[AbsoluteSegment]:
-        segments = self.asr.transcribe(audio, language, timestamps=False)
-        speakers = self.diarizer.assign(audio, segments)
+        if tracker is None or not final:
+            segments = self.asr.transcribe(audio, language, timestamps=False)
+            labels = [tracker.peek(audio) if tracker else 0] * len(segments)
+        else:
+            # Cut where the speaker changes first, so each piece is transcribed as its own segment.
+            started = time.perf_counter()
+            split = tracker.split(audio)
+            elapsed = time.perf_counter() - started
+            segments = []
+            for piece in split.pieces:
+                a, b = round(piece.start * SAMPLE_RATE), round(piece.end * SAMPLE_RATE)
+                segments += [
+                    AsrSegment(start=piece.start + s.start, end=min(piece.start + s.end, piece.end), text=s.text)
+                    for s in self.asr.transcribe(audio[a:b], language, timestamps=False)
+                ]
+            started = time.perf_counter()
+            spans = [TimedSpan(origin + s.start, origin + s.end) for s in segments]
+            labels = tracker.label(audio, origin, spans, split)
+            self.metrics.observe("speaker_label_seconds", elapsed + time.perf_counter() - started)
         out = []
-        for i, (seg, (speaker_id, is_user)) in enumerate(zip(segments, speakers, strict=True)):
+        for i, (seg, speaker_id) in enumerate(zip(segments, labels, strict=True)):
+            identity = tracker.identity(speaker_id) if tracker is not None else None
             out.append(
                 AbsoluteSegment(
                     id=utterance_id if i == 0 else str(uuid.uuid5(uuid.UUID(utterance_id), str(i))),
@@ -67,7 +94,13 @@ class Transcriber:
                     start=origin + seg.start,
                     end=origin + seg.end,
                     speaker_id=speaker_id,
-                    is_user=is_user,
+                    is_user=identity.is_user if identity else False,
+                    person_id=identity.person_id if identity else None,
+                    speaker_name=speaker_name(
+                        speaker_id,
+                        is_user=identity.is_user if identity else False,
+                        name=identity.name if identity else None,
+                    ),
                     stt_provider=self.asr.name,
                 )
             )
@@ -79,15 +112,27 @@ class Transcriber:
         return self._active > 0
 
     async def transcribe(
-        self, audio: NDArray[np.float32], language: str, *, origin: float, utterance_id: str
+        self,
+        audio: NDArray[np.float32],
+        language: str,
+        *,
+        origin: float,
+        utterance_id: str,
+        tracker: SpeakerTracker | None = None,
+        final: bool = True,
     ) -> list[AbsoluteSegment]:
-        """Transcribe and attribute one utterance whose audio starts at epoch ``origin``."""
+        """Transcribe one utterance whose audio starts at epoch ``origin`` and label its speakers.
+
+        A final utterance joins ``tracker``'s speakers; a partial one only borrows a label.
+        """
         async with self._slots:
             self._active += 1
             try:
                 loop = asyncio.get_running_loop()
                 started = time.perf_counter()
-                result = await loop.run_in_executor(self._pool, self._run, audio, language, origin, utterance_id)
+                result = await loop.run_in_executor(
+                    self._pool, self._run, audio, language, origin, utterance_id, tracker, final
+                )
                 self.metrics.observe("stt_seconds", time.perf_counter() - started)
                 return result
             finally:
@@ -119,6 +164,7 @@ class LiveStream:
     language: str
     sink: SegmentSink
     max_queued_audio_s: float
+    speakers: TrackerSource = lambda: None
     origin_floor: float = 0.0  # a resumed conversation's end: this stream's audio cannot start before it
     origin: float | None = None  # epoch time of the first audio sample
     _endpointer: Endpointer = field(init=False)
@@ -228,7 +274,12 @@ class LiveStream:
             origin = (self.origin or time.time()) + utterance.start
             try:
                 segments = await self.transcriber.transcribe(
-                    job.item.audio, self.language, origin=origin, utterance_id=utterance.id
+                    job.item.audio,
+                    self.language,
+                    origin=origin,
+                    utterance_id=utterance.id,
+                    tracker=self.speakers(),
+                    final=utterance.final,
                 )
             except asyncio.CancelledError:
                 raise

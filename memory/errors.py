@@ -1,12 +1,13 @@
 """Errors raised by the memory layer.
 
 StorageError            root; carries ``detail``
-└── NotFoundError       no such conversation for this user
+├── NotFoundError       no such conversation or speaker profile for this user
+└── ConflictError       the change clashes with what is stored (a speaker name already taken)
 """
 
 from __future__ import annotations
 
-__all__ = ["NotFoundError", "StorageError"]
+__all__ = ["ConflictError", "NotFoundError", "StorageError"]
 
 
 class StorageError(Exception):
@@ -18,4 +19,8 @@ class StorageError(Exception):
 
 
 class NotFoundError(StorageError):
-    """The conversation does not exist or belongs to another user."""
+    """The conversation or speaker profile does not exist or belongs to another user."""
+
+
+class ConflictError(StorageError):
+    """The change would break a uniqueness rule, such as one speaker name per user."""

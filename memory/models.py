@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, LargeBinary, String, Text, func, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-__all__ = ["Base", "ConversationRow", "SegmentRow"]
+__all__ = ["Base", "ConversationRow", "SegmentRow", "SpeakerProfileRow"]
 
 
 class Base(DeclarativeBase):
@@ -57,5 +57,39 @@ class SegmentRow(Base):
     translations: Mapped[list[dict[str, str]]] = mapped_column(JSON, default=list)
     speech_profile_processed: Mapped[bool] = mapped_column(Boolean, default=True)
     stt_provider: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    speaker_name: Mapped[str | None] = mapped_column(String(100), nullable=True)
 
     conversation: Mapped[ConversationRow] = relationship(back_populates="segments")
+
+
+class SpeakerProfileRow(Base):
+    """A voice profile of one of the user's speakers; ``is_user`` marks the wearer's own voice.
+
+    ``embedding`` is a 256-d L2-normalised float32 vector (little-endian bytes) built from
+    ``seconds`` of speech. Names are unique per user regardless of case, and a user has at most
+    one wearer profile; both are enforced by indexes as well as by the store. ``updated_at`` is
+    the row's version: an update that raced another fails with ``StaleDataError``.
+    """
+
+    __tablename__ = "speaker_profiles"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    uid: Mapped[str] = mapped_column(String(128), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    is_user: Mapped[bool] = mapped_column(Boolean, default=False)
+    embedding: Mapped[bytes] = mapped_column(LargeBinary)
+    seconds: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+    __mapper_args__ = {"version_id_col": updated_at, "version_id_generator": False}
+
+
+Index("uq_speaker_profiles_uid_name", SpeakerProfileRow.uid, func.lower(SpeakerProfileRow.name), unique=True)
+Index(
+    "uq_speaker_profiles_wearer",
+    SpeakerProfileRow.uid,
+    unique=True,
+    sqlite_where=text("is_user"),
+    postgresql_where=text("is_user"),
+)

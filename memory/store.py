@@ -89,6 +89,7 @@ def _segment_from_row(row: SegmentRow) -> TranscriptSegment:
         translations=list(row.translations or []),
         speech_profile_processed=row.speech_profile_processed,
         stt_provider=row.stt_provider,
+        speaker_name=row.speaker_name,
     )
 
 
@@ -128,6 +129,11 @@ class ConversationStore:
             connect_args["timeout"] = 30
         engine = create_async_engine(url, connect_args=connect_args)
         return cls(engine)
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The connection pool, for other stores over the same database."""
+        return self._engine
 
     @property
     def dialect(self) -> str:
@@ -197,6 +203,7 @@ class ConversationStore:
                         translations=seg.translations,
                         speech_profile_processed=seg.speech_profile_processed,
                         stt_provider=seg.stt_provider,
+                        speaker_name=seg.speaker_name,
                     )
                 )
 

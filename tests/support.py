@@ -107,6 +107,11 @@ class ServerProcess:
     def post(self, path: str, uid: str = "alice") -> httpx.Response:
         return httpx.post(f"{self.http}{path}", headers={"Authorization": f"Bearer {token(uid)}"}, timeout=60)
 
+    def patch(self, path: str, uid: str = "alice", **kwargs: Any) -> httpx.Response:
+        return httpx.patch(
+            f"{self.http}{path}", headers={"Authorization": f"Bearer {token(uid)}"}, timeout=30, **kwargs
+        )
+
     def delete(self, path: str, uid: str = "alice") -> httpx.Response:
         return httpx.delete(f"{self.http}{path}", headers={"Authorization": f"Bearer {token(uid)}"}, timeout=30)
 

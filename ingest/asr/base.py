@@ -24,11 +24,14 @@ class SpeechToText(ABC):
     name: str = "unknown"
 
     @abstractmethod
-    def transcribe(self, audio: NDArray[np.float32], language: str, *, timestamps: bool = True) -> list[AsrSegment]:
+    def transcribe(
+        self, audio: NDArray[np.float32], language: str, *, timestamps: bool = True, words: bool = False
+    ) -> list[AsrSegment]:
         """Recognise ``audio``; segment times are seconds from the start of ``audio``.
 
         With ``timestamps=False`` the caller accepts a single segment spanning the whole audio,
-        which lets an engine take a faster path for short utterances.
+        which lets an engine take a faster path for short utterances. With ``words=True`` each
+        segment also carries its words and their times, where the engine can tell them.
         """
 
     @abstractmethod

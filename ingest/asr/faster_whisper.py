@@ -11,7 +11,7 @@ import numpy as np
 
 from ingest.asr.base import SpeechToText
 from ingest.errors import MissingDependencyError
-from ingest.schema import SAMPLE_RATE, AsrSegment
+from ingest.schema import SAMPLE_RATE, AsrSegment, AsrWord
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -93,7 +93,9 @@ class FasterWhisper(SpeechToText):
 
         return language in _LANGUAGE_CODES or language in {"multi", "auto"}
 
-    def transcribe(self, audio: NDArray[np.float32], language: str, *, timestamps: bool = True) -> list[AsrSegment]:
+    def transcribe(
+        self, audio: NDArray[np.float32], language: str, *, timestamps: bool = True, words: bool = False
+    ) -> list[AsrSegment]:
         """Transcribe a whole utterance with greedy (or beam) decoding, no further VAD.
 
         Without ``timestamps`` a short utterance is encoded with only ``context_pad_s`` of padding
@@ -103,13 +105,13 @@ class FasterWhisper(SpeechToText):
         """
         lang = "en" if self._english_only else (None if language in {"multi", "auto"} else language)
         duration = audio.size / SAMPLE_RATE
-        if not timestamps and lang and self._context_pad_s > 0 and duration + self._context_pad_s <= 30:
+        if not timestamps and not words and lang and self._context_pad_s > 0 and duration + self._context_pad_s <= 30:
             text = self._transcribe_short(audio, lang)
             if text is not None:
                 return [AsrSegment(start=0.0, end=round(duration, 3), text=text)] if text else []
             # Live: one greedy pass, no temperature retries, to keep the tail latency bounded.
             return self._transcribe_windows(audio, lang, temperature=0.0)
-        return self._transcribe_windows(audio, lang)
+        return self._transcribe_windows(audio, lang, words=words)
 
     def _tokenizer(self, language: str) -> Any:
         if language not in self._tokenizers:
@@ -151,7 +153,7 @@ class FasterWhisper(SpeechToText):
         return text
 
     def _transcribe_windows(
-        self, audio: NDArray[np.float32], lang: str | None, temperature: float | None = None
+        self, audio: NDArray[np.float32], lang: str | None, temperature: float | None = None, *, words: bool = False
     ) -> list[AsrSegment]:
         options: dict[str, Any] = {} if temperature is None else {"temperature": temperature}
         segments, _ = self._model.transcribe(
@@ -162,10 +164,12 @@ class FasterWhisper(SpeechToText):
             vad_filter=False,
             condition_on_previous_text=False,
             without_timestamps=False,
+            word_timestamps=words,
         )
         out = []
         for seg in segments:
             text = seg.text.strip()
             if text:
-                out.append(AsrSegment(start=float(seg.start), end=float(seg.end), text=text))
+                found = tuple(AsrWord(float(w.start), float(w.end), w.word) for w in seg.words or ())
+                out.append(AsrSegment(start=float(seg.start), end=float(seg.end), text=text, words=found))
         return out

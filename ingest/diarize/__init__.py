@@ -1,13 +1,38 @@
-"""Speaker diarization behind one small interface; settings choose one at startup."""
+"""Who spoke when: diarization backends behind one small interface, chosen by settings at startup."""
 
 from __future__ import annotations
 
-from ingest.diarize.base import Diarizer
+from typing import TYPE_CHECKING
+
+from ingest.diarize.base import Diarization, Diarizer, SpeakerTurn
 from ingest.diarize.single import SingleSpeaker
 
-__all__ = ["Diarizer", "SingleSpeaker", "load_diarizer"]
+if TYPE_CHECKING:
+    from app.settings import DiarizationSettings
+    from ingest.diarize.embedded import EmbeddedDiarizer
+    from ingest.vad import SileroVad
+
+__all__ = ["Diarization", "Diarizer", "SingleSpeaker", "SpeakerTurn", "load_diarizer", "load_embedded"]
 
 
-def load_diarizer() -> Diarizer:
-    """The configured diarizer. Only the one-speaker placeholder exists so far."""
-    return SingleSpeaker()
+def load_embedded(settings: DiarizationSettings, vad: SileroVad) -> EmbeddedDiarizer:
+    """The embedded GE2E diarizer (also used for live labels and voice profiles)."""
+    from ingest.diarize.embedded import EmbeddedDiarizer
+    from ingest.diarize.encoder import VoiceEncoder
+
+    return EmbeddedDiarizer(VoiceEncoder(threads=settings.threads), vad)
+
+
+def load_diarizer(settings: DiarizationSettings, vad: SileroVad, embedded: EmbeddedDiarizer | None = None) -> Diarizer:
+    """The whole-recording diarizer that ``DIARIZER`` names.
+
+    Raises:
+        MissingDependencyError: the backend's package or weights are missing; the message says what to do.
+    """
+    if settings.backend == "none":
+        return SingleSpeaker()
+    if settings.backend == "pyannote":
+        from ingest.diarize.pyannote_backend import load_pyannote
+
+        return load_pyannote(settings)
+    return embedded or load_embedded(settings, vad)

@@ -58,9 +58,7 @@ def _mel_to_hz(mel: NDArray[np.float64]) -> NDArray[np.float64]:
 def _mel_filters() -> NDArray[np.float32]:
     """Slaney-normalised triangular filters, shape (N_MELS, N_FFT // 2 + 1)."""
     fft_freqs = np.linspace(0, SAMPLE_RATE / 2, N_FFT // 2 + 1)
-    mel_points = np.linspace(
-        _hz_to_mel(np.array([0.0]))[0], _hz_to_mel(np.array([SAMPLE_RATE / 2.0]))[0], N_MELS + 2
-    )
+    mel_points = np.linspace(_hz_to_mel(np.array([0.0]))[0], _hz_to_mel(np.array([SAMPLE_RATE / 2.0]))[0], N_MELS + 2)
     hz_points = _mel_to_hz(mel_points)
     fdiff = np.diff(hz_points)
     ramps = hz_points[:, None] - fft_freqs[None, :]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from tests.support import SHARED_DATA, ServerProcess, Turn, token, wer
+from tests.support import SHARED_DATA, ServerProcess, Turn, speak, token, wer
 
 
 def _run(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -51,7 +51,7 @@ def test_ingest_every_file_format_to_json(encoded: dict[str, Path], dialogue: tu
         assert set(conversation) == {"id", "started_at", "finished_at", "segments"}
         assert conversation["started_at"] < conversation["finished_at"]
         for seg in conversation["segments"]:
-            assert set(seg) == {"start", "end", "text", "speaker", "speaker_id", "is_user", "person_id"}
+            assert set(seg) == {"start", "end", "text", "speaker", "speaker_id", "speaker_name", "is_user", "person_id"}
         text = " ".join(s["text"] for s in conversation["segments"])
         assert wer(reference, text) <= 0.3, text
     # They are stored: a server over the same DATA_DIR lists them for that uid.
@@ -128,7 +128,55 @@ def test_a_wrong_setting_stops_startup_naming_it(tmp_path: Path, name: str, valu
 
 def test_help_lists_every_command(tmp_path: Path):
     done = _run("--help", cwd=tmp_path)
-    for command in ("serve", "ingest", "simulate"):
+    for command in ("serve", "ingest", "enroll", "speakers", "simulate"):
         assert command in done.stdout
     sim = _run("simulate", "--help", cwd=tmp_path)
     assert "--codec" in sim.stdout and "opus_fs320" in sim.stdout
+
+
+def test_enroll_and_list_voice_profiles(tmp_path: Path):
+    sentence = "The quick brown fox jumps over the lazy dog while the farmer watches from the barn."
+    mine, theirs = tmp_path / "me.wav", tmp_path / "diane.mp3"
+    soundfile.write(mine, speak(sentence, "en-us", mine), 16_000)
+    soundfile.write(theirs, speak(sentence, "en-us+f3", theirs), 16_000, format="MP3")
+    me = _run("enroll", str(mine), "--me", "--uid", "voices", "--json", cwd=tmp_path)
+    assert me.returncode == 0, me.stderr
+    wearer = json.loads(me.stdout)
+    assert (wearer["name"], wearer["is_user"]) == ("me", True) and wearer["seconds"] > 3
+    diane = _run("enroll", str(theirs), "--name", "Diane", "--uid", "voices", cwd=tmp_path)
+    assert diane.returncode == 0, diane.stderr
+    assert diane.stdout.startswith("enrolled Diane from ")
+    again = _run("enroll", str(mine), "--me", "--uid", "voices", "--json", cwd=tmp_path)
+    assert json.loads(again.stdout)["id"] == wearer["id"]  # the wearer's profile improves; no second one
+    listed = _run("speakers", "--uid", "voices", "--json", cwd=tmp_path)
+    assert [(p["name"], p["is_user"]) for p in json.loads(listed.stdout)] == [("me", True), ("Diane", False)]
+    table = _run("speakers", "--uid", "voices", cwd=tmp_path)
+    assert wearer["id"] in table.stdout and "Diane" in table.stdout
+    # A server over the same DATA_DIR serves the same profiles.
+    server = ServerProcess(tmp_path / "data").start()
+    try:
+        served = server.get("/v1/speakers", uid="voices").json()["items"]
+        assert [p["name"] for p in served] == ["me", "Diane"]
+    finally:
+        server.stop()
+
+
+def test_enroll_errors_are_clear(tmp_path: Path):
+    silence, junk = tmp_path / "quiet.wav", tmp_path / "junk.wav"
+    soundfile.write(silence, np.zeros(16_000 * 4, dtype=np.float32), 16_000)
+    junk.write_bytes(b"this is not audio")
+    neither = _run("enroll", str(silence), cwd=tmp_path)
+    assert neither.returncode == 2 and "one of the arguments --name --me is required" in neither.stderr
+    both = _run("enroll", str(silence), "--me", "--name", "Diane", cwd=tmp_path)
+    assert both.returncode == 2 and "not allowed with" in both.stderr
+    missing = _run("enroll", str(tmp_path / "nope.wav"), "--me", cwd=tmp_path)
+    assert missing.returncode == 2 and "no such file" in missing.stderr
+    blank = _run("enroll", str(silence), "--name", " ", cwd=tmp_path)
+    assert blank.returncode == 2 and "a speaker name must not be empty" in blank.stderr
+    bad = _run("enroll", str(junk), "--me", cwd=tmp_path)
+    assert bad.returncode == 1 and "cannot read audio file" in bad.stderr
+    quiet = _run("enroll", str(silence), "--me", cwd=tmp_path)
+    assert quiet.returncode == 1 and "only 0.0 s of speech found" in quiet.stderr
+    for done in (bad, quiet):
+        assert "Traceback" not in done.stderr
+    assert json.loads(_run("speakers", "--json", cwd=tmp_path).stdout) == []

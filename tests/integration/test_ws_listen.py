@@ -47,9 +47,10 @@ async def test_every_device_codec_transcribes(server: ServerProcess, dialogue: t
     for seg in result.ordered():
         assert set(seg) == {
             "id", "text", "speaker", "speaker_id", "is_user", "person_id", "start", "end",
-            "translations", "speech_profile_processed", "stt_provider",
+            "translations", "speech_profile_processed", "stt_provider", "speaker_name",
         }  # fmt: skip
         assert seg["speaker"] == f"SPEAKER_{seg['speaker_id']}"
+        assert seg["speaker_name"] == f"Speaker {seg['speaker_id']}"
         assert 0 <= seg["start"] <= seg["end"]
     statuses = [e["status"] for e in result.events if e["type"] == "service_status"]
     assert statuses[0] == "initiating" and statuses[-1] == "ready"

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -12,21 +11,6 @@ import pytest
 from ingest.segments import TranscriptSegment
 from memory.errors import NotFoundError
 from memory.store import ConversationStore
-from tests.support import TempPostgres, postgres_binaries
-
-
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A real Postgres: OMI_LETTA_TEST_POSTGRES_URL, else a throwaway cluster if PostgreSQL is installed."""
-    if url := os.environ.get("OMI_LETTA_TEST_POSTGRES_URL"):
-        yield url
-        return
-    if postgres_binaries() is None:
-        pytest.skip("PostgreSQL is not installed (apt-get install postgresql) and OMI_LETTA_TEST_POSTGRES_URL is unset")
-    server = TempPostgres()
-    url = server.start()
-    yield url
-    server.stop()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -13,7 +13,6 @@ from ingest import stream as stream_module
 from ingest.asr.base import SpeechToText
 from ingest.conversations import AbsoluteSegment
 from ingest.decode import load_audio_file, make_decoder
-from ingest.diarize import SingleSpeaker
 from ingest.metrics import Metrics
 from ingest.schema import AsrSegment
 from ingest.stream import LiveStream, Transcriber
@@ -46,7 +45,7 @@ def make_stream(engine: SpeechToText, sink, **kwargs) -> LiveStream:  # type: ig
         decoder=make_decoder("opus_fs320", 16_000),
         vad=load_vad(),
         params=VadParams(partial_interval_s=kwargs.pop("partial_interval_s", 0.0)),
-        transcriber=Transcriber(engine, SingleSpeaker(), workers=1, metrics=Metrics()),
+        transcriber=Transcriber(engine, workers=1, metrics=Metrics()),
         language="en",
         sink=sink,
         max_queued_audio_s=kwargs.pop("max_queued_audio_s", 120.0),
