@@ -43,7 +43,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     ingest.add_argument("--speakers", type=int, metavar="N", help="number of speakers, when known (default: estimated)")
     ingest.add_argument(
-        "--rttm", type=Path, metavar="PATH", help="also write who spoke when (RTTM, times from each file's start)"
+        "--rttm",
+        type=Path,
+        metavar="PATH",
+        help="also write who spoke when (RTTM: times from each file's start; known people by name)",
     )
 
     enroll = commands.add_parser(
@@ -177,10 +180,6 @@ async def _ingest_files(settings: Any, args: argparse.Namespace) -> list[dict[st
                     num_speakers=args.speakers or services.settings.diarization.num_speakers or None,
                     max_speakers=services.settings.diarization.max_speakers,
                 )
-                rttm += rttm_lines(
-                    path.stem,
-                    [Turn(t.start, t.end, f"SPEAKER_{t.speaker}") for t in transcript.diarization.turns],
-                )
                 identities = {
                     s: identity_of(profile)
                     for s, (profile, _) in match_profiles(
@@ -189,6 +188,13 @@ async def _ingest_files(settings: Any, args: argparse.Namespace) -> list[dict[st
                         services.settings.diarization.speaker_match_threshold,
                     ).items()
                 }
+                rttm += rttm_lines(
+                    path.stem,
+                    [
+                        Turn(t.start, t.end, _rttm_speaker(t.speaker, identities.get(t.speaker)))
+                        for t in transcript.diarization.turns
+                    ],
+                )
                 for started_at, found in transcript.conversations:
                     segments = [apply_identity(s, s.speaker_id, identities.get(s.speaker_id)) for s in found]
                     stored = await services.store.add_completed(
@@ -227,6 +233,13 @@ async def _ingest_files(settings: Any, args: argparse.Namespace) -> list[dict[st
     if args.rttm:
         args.rttm.write_text("".join(f"{line}\n" for line in rttm))
     return out
+
+
+def _rttm_speaker(speaker: int, identity: Any) -> str:
+    """An RTTM speaker field: a known person's name (spaces as ``_``), ``me``, or ``SPEAKER_n``."""
+    if identity is None:
+        return f"SPEAKER_{speaker}"
+    return "_".join(str(identity.name).split()) or f"SPEAKER_{speaker}"
 
 
 def _enroll(args: argparse.Namespace) -> int:

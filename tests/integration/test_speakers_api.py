@@ -154,7 +154,7 @@ def test_the_speaker_routes_are_documented(server: ServerProcess):
     operations = {
         (method.upper(), path): op
         for path, ops in spec["paths"].items()
-        if "speakers" in path
+        if path.startswith("/v1/speakers")
         for method, op in ops.items()
     }
     assert set(operations) == {

@@ -93,7 +93,10 @@ async def _stream_and_assign(server: ServerProcess, uid: str, path: Path, name: 
                     message = await asyncio.wait_for(ws.recv(), timeout=max(0.05, until - time.monotonic()))
                 except TimeoutError:
                     return
-                payload = json.loads(message) if message != "ping" else None
+                if message == "ping":
+                    await ws.send(b"\x8a\x00")  # the app's keepalive answer
+                    continue
+                payload = json.loads(message)
                 if isinstance(payload, list):
                     segments.update({s["id"]: s for s in payload})
 
