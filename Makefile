@@ -61,6 +61,8 @@ bench: install ## run the benchmarks in bench/ (results go in docs/benchmarks.md
 	$(BIN)/python bench/latency.py
 	$(BIN)/python bench/streams.py
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/diarize.py
+	$(BIN)/python bench/live_labels.py
 
 clean: ## remove the virtualenv and caches (keeps DATA_DIR)
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -122,6 +122,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pyannote", action="store_true", help="also the pyannote backend (PYANNOTE_* / HF_TOKEN)")
     p.add_argument("--no-embedded", action="store_true", help="leave out the embedded default")
     p.add_argument("--no-baseline", action="store_true", help="leave out the naive baseline")
+    p.add_argument(
+        "--long",
+        action="store_true",
+        help="also one long recording: every available clip back to back (references shifted to match)",
+    )
     p.add_argument("--rttm-dir", type=Path, help="also write each diarizer's output as RTTM files here")
     p.add_argument("--json", type=Path, help="also write the results as JSON to this file")
     return p
@@ -238,6 +243,22 @@ def measure(
     )
 
 
+def back_to_back(
+    jobs: list[tuple[Clip, NDArray[np.float32], list[Turn], list[tuple[float, float]] | None]],
+) -> tuple[Clip, NDArray[np.float32], list[Turn], list[tuple[float, float]] | None]:
+    """All clips as one recording, with their references and scored regions shifted to match."""
+    offset = 0.0
+    reference: list[Turn] = []
+    uem: list[tuple[float, float]] = []
+    for _, clip_audio, turns, regions in jobs:
+        duration = clip_audio.size / SAMPLE_RATE
+        reference += [Turn(t.start + offset, t.end + offset, t.speaker) for t in turns]
+        uem += [(a + offset, b + offset) for a, b in (regions or [(0.0, duration)])]
+        offset += duration
+    audio = np.concatenate([job[1] for job in jobs])
+    return Clip("all back to back", Path("long.wav"), Path("long.rttm"), "long"), audio, reference, uem
+
+
 def pct(x: float) -> str:
     return f"{100 * x:.1f} %"
 
@@ -284,15 +305,20 @@ def main(argv: list[str] | None = None) -> int:
         diarizer.diarize(audio[available[0].name])
 
     rows: list[Row] = []
+    jobs = []
     for clip in available:
         reference = read_rttm(clip.rttm).get(clip.file_id, [])
         uem = read_uem(clip.uem).get(clip.file_id) if clip.uem else None
+        jobs.append((clip, audio[clip.name], reference, uem))
+    if args.long:
+        jobs.append(back_to_back(jobs))
+    for clip, clip_audio, reference, uem in jobs:
         for label, diarizer in under_test:
             row = measure(
                 label,
                 diarizer,
                 clip,
-                audio[clip.name],
+                clip_audio,
                 reference,
                 uem,
                 repeats=args.repeats,
@@ -318,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     means = []
     for label, _ in under_test:
-        mine = [r for r in rows if r.diarizer == label]
+        mine = [r for r in rows if r.diarizer == label and r.clip != "all back to back"]
         means.append(mean_row(label, f"mean of {len(mine)} clips", mine))
         dev = [r for r in mine if r.clip.removeprefix("ami ") in DEV_CLIPS]
         if dev and len(dev) < len(mine):

@@ -19,7 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ingest.batch import attribute
 from ingest.conversations import AbsoluteSegment
+from ingest.diarize.base import SpeakerTurn
 from ingest.diarize.live import SpeakerTracker, TimedSpan
 from ingest.metrics import Metrics
 from ingest.schema import SAMPLE_RATE, AsrSegment
@@ -69,16 +71,19 @@ class Transcriber:
             segments = self.asr.transcribe(audio, language, timestamps=False)
             labels = [tracker.peek(audio) if tracker else 0] * len(segments)
         else:
-            # Cut where the speaker changes first, so each piece is transcribed as its own segment.
             started = time.perf_counter()
             split = tracker.split(audio)
             elapsed = time.perf_counter() - started
-            segments = []
-            for piece in split.pieces:
-                a, b = round(piece.start * SAMPLE_RATE), round(piece.end * SAMPLE_RATE)
-                segments += [
-                    AsrSegment(start=piece.start + s.start, end=min(piece.start + s.end, piece.end), text=s.text)
-                    for s in self.asr.transcribe(audio[a:b], language, timestamps=False)
+            if len(split.pieces) == 1:
+                segments = self.asr.transcribe(audio, language, timestamps=False)
+            else:
+                # Several voices: transcribe the whole utterance (full context) with word times and
+                # cut its segments at the words where the voice changes.
+                turns = [SpeakerTurn(p.start, p.end, i) for i, p in enumerate(split.pieces)]
+                segments = [
+                    AsrSegment(start=a, end=b, text=text)
+                    for seg in self.asr.transcribe(audio, language, words=True)
+                    for a, b, text, _ in attribute(seg, turns)
                 ]
             started = time.perf_counter()
             spans = [TimedSpan(origin + s.start, origin + s.end) for s in segments]

@@ -34,5 +34,5 @@ def load_diarizer(settings: DiarizationSettings, vad: SileroVad, embedded: Embed
     if settings.backend == "pyannote":
         from ingest.diarize.pyannote_backend import load_pyannote
 
-        return load_pyannote(settings)
+        return load_pyannote(settings, embedded)
     return embedded or load_embedded(settings, vad)

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from numpy.typing import NDArray
 
     from app.settings import DiarizationSettings
+    from ingest.diarize.embedded import EmbeddedDiarizer
     from ingest.diarize.encoder import VoiceEncoder
 
 __all__ = ["PyannoteDiarizer", "load_pyannote", "pipeline_turns"]
@@ -169,21 +170,30 @@ class PyannoteDiarizer(Diarizer):
         device: where the pipeline runs, for the record (the caller has moved it there).
         encoder: GE2E encoder for the per-speaker embeddings; the shared one when omitted.
         embed: whether to compute per-speaker embeddings at all.
+        voices: when given, per-speaker embeddings are made as voice profiles are
+            (:func:`ingest.diarize.enroll.voice_embedding`), so they compare fairly with them.
     """
 
     name = "pyannote"
 
     def __init__(
-        self, pipeline: Any, *, device: str = "cpu", encoder: VoiceEncoder | None = None, embed: bool = True
+        self,
+        pipeline: Any,
+        *,
+        device: str = "cpu",
+        encoder: VoiceEncoder | None = None,
+        embed: bool = True,
+        voices: EmbeddedDiarizer | None = None,
     ) -> None:
         self._pipeline = pipeline
+        self._voices = voices
         self.device = device
         self._encoder = encoder
         self._embed = embed
         self._lock = threading.Lock()  # one pipeline, one call at a time
 
     @classmethod
-    def from_settings(cls, settings: DiarizationSettings) -> PyannoteDiarizer:
+    def from_settings(cls, settings: DiarizationSettings, voices: EmbeddedDiarizer | None = None) -> PyannoteDiarizer:
         """Load ``PYANNOTE_PIPELINE`` (with ``HF_TOKEN``) and move it to ``PYANNOTE_DEVICE``."""
         pipeline, origin = _load_pipeline(settings)
         device = _device(settings.pyannote_device)
@@ -192,7 +202,7 @@ class PyannoteDiarizer(Diarizer):
 
             pipeline.to(torch.device(device))
         log.info("pyannote pipeline %s loaded on %s", origin, device)
-        return cls(pipeline, device=device)
+        return cls(pipeline, device=device, voices=voices)
 
     def diarize(
         self,
@@ -240,11 +250,21 @@ class PyannoteDiarizer(Diarizer):
             frames = frames[: int(EMBED_MAX_S * 100)]
             samples = (frames[:, None] * hop + np.arange(hop)[None, :]).ravel()
             speech = audio[samples[samples < audio.size]]
-            if speech.size:
+            if not speech.size:
+                continue
+            if self._voices is not None:
+                from ingest.diarize.enroll import voice_embedding
+                from ingest.errors import NotEnoughSpeechError
+
+                try:
+                    out[speaker] = voice_embedding(speech, diarizer=self._voices)[0]
+                except NotEnoughSpeechError:
+                    continue
+            else:
                 out[speaker] = self._encoder.embed(speech)
         return out
 
 
-def load_pyannote(settings: DiarizationSettings) -> PyannoteDiarizer:
+def load_pyannote(settings: DiarizationSettings, voices: EmbeddedDiarizer | None = None) -> PyannoteDiarizer:
     """The pyannote diarizer the settings describe; MissingDependencyError says what is missing."""
-    return PyannoteDiarizer.from_settings(settings)
+    return PyannoteDiarizer.from_settings(settings, voices)
