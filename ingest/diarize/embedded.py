@@ -8,7 +8,8 @@ A recording goes through five steps:
    windows a second before and after it agree (low at speaker changes and in overlap);
 4. weighted spherical k-means (best of several k-means++ starts) for k = 1, 2, ... speakers,
    each refined by step 5; a further speaker is kept only while it raises the windows' mean
-   similarity to their own centroid by ``split_gain`` and holds ``min_cluster_s`` of speech.
+   similarity to their own centroid by ``split_gain + split_gain_short / sqrt(speech seconds)``
+   (a split of little speech gains more by chance) and holds ``min_cluster_s`` of speech.
    A hint fixes k instead;
 5. re-segmentation: windows are scored against the centroids and a Viterbi pass with a switch
    penalty draws the boundaries; centroids are recomputed until the labels settle. Each speech
@@ -62,7 +63,8 @@ class EmbeddedParams:
     max_k: int = 8
     refine_iterations: int = 5
     kmeans_restarts: int = 20
-    split_gain: float = 0.03  # mean similarity gain a further speaker must bring
+    split_gain: float = 0.023  # mean similarity gain a further speaker must bring ...
+    split_gain_short: float = 0.03  # ... plus this over the square root of the speech seconds
     purity_gap: int = 5  # windows compared on each side to weigh a window's purity
     purity_floor: float = 0.7
 
@@ -284,12 +286,14 @@ class EmbeddedDiarizer(Diarizer):
         # their own centroid by at least ``split_gain`` and holds ``min_cluster_s`` of speech
         best = self._refine(e, windows.regions, np.zeros(len(e), dtype=np.int64), weight)
         best_fit = _fit(e, weight, *best)
+        # a split of few windows gains more by chance, so short recordings must gain more
+        needed = p.split_gain + p.split_gain_short / np.sqrt(max(float(windows.seconds.sum()), 1.0))
         for k in range(2, limit + 1):
             start_labels = spherical_kmeans(e, weight, k, restarts=p.kmeans_restarts)
             labels, centroids = self._refine(e, windows.regions, start_labels, weight)
             fit = _fit(e, weight, labels, centroids)
             counts = np.bincount(labels, weights=windows.seconds, minlength=len(centroids))
-            if len(centroids) < k or counts.min() < p.min_cluster_s or fit - best_fit < p.split_gain:
+            if len(centroids) < k or counts.min() < p.min_cluster_s or fit - best_fit < needed:
                 break
             best, best_fit = (labels, centroids), fit
         return best
