@@ -27,13 +27,16 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import machine, print_machine, save_json, table
-from bench.diarize import clips, load_audio
+from bench.diarize import back_to_back, clips, load_audio
 from ingest.diarize.der import Turn, der, read_rttm, read_uem
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--all", action="store_true", help="also the ami_debug train clips trn00-trn09")
+    p.add_argument(
+        "--long", action="store_true", help="also all clips back to back as one stream, to show how the lag grows"
+    )
     p.add_argument("--json", type=Path, help="also write the results as JSON here")
     return p
 
@@ -62,18 +65,24 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict[str, Any]] = []
     all_ours: list[float] = []
     all_naive: list[float] = []
+    jobs = []
     for clip in clips(args.all):
         if clip.missing():
             print(f"{clip.name}: skipped, missing {', '.join(map(str, clip.missing()))}")
             continue
-        audio = load_audio(clip.wav)
         reference = read_rttm(clip.rttm)[clip.file_id]
-        uem = read_uem(clip.uem)[clip.file_id] if clip.uem else None
+        jobs.append((clip, load_audio(clip.wav), reference, read_uem(clip.uem)[clip.file_id] if clip.uem else None))
+    if args.long and jobs:
+        jobs.append(back_to_back(jobs))
+    for clip, audio, reference, uem in jobs:
         endpointer = Endpointer(vad, params)
         utterances = []
         for i in range(0, audio.size, 1600):  # 100 ms chunks, as frames arrive
             utterances += [u for u in endpointer.feed(audio[i : i + 1600]) if u.utterance.final]
         utterances += endpointer.flush()
+        if not utterances:
+            print(f"{clip.name}: the VAD found no utterance; skipped")
+            continue
         tracker = SpeakerTracker(ours, match_threshold=0.75)
         ours.diarize(audio[: 16_000 * 3])  # warm-up
         spans, live, naive_labels, lag_ours, lag_naive = [], [], [], [], []
@@ -147,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         table(
             [
                 "clip",
-                "utterances",
+                "spans",
                 "ours lag p50 / max ms",
                 "naive lag p50 / max ms",
                 "DER ours live",

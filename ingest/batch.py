@@ -138,8 +138,10 @@ def transcribe_file(
     if hook:
         hook(duration / 4)
 
+    words = len(diarization.speakers) > 1  # word times only matter where the speaker can change
+
     def recognise(window: Window) -> list[AsrSegment]:
-        return asr.transcribe(window.audio(audio), language, words=True)
+        return asr.transcribe(window.audio(audio), language, words=words)
 
     found: list[AbsoluteSegment] = []
     done = 0.0
