@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -47,8 +48,15 @@ class Services:
     metrics: Metrics
     speakers: SpeakerStore
     diarizer: Diarizer  # whole recordings (batch ingest)
-    voices: EmbeddedDiarizer  # live labels, refinement and voice profiles
     live_speakers: LiveSpeakers | None  # None when DIARIZER=none
+    _voices: EmbeddedDiarizer | None = None
+
+    @property
+    def voices(self) -> EmbeddedDiarizer:
+        """The embedded diarizer that makes voice embeddings (live labels, voice profiles); loaded on first use."""
+        if self._voices is None:
+            self._voices = load_embedded(self.settings.diarization, self.vad)
+        return self._voices
 
     @classmethod
     async def start(
@@ -71,19 +79,22 @@ class Services:
         ):
             metrics.inc(counter, 0.0)
         metrics.set_gauge("streams_active", 0)
-        asr = asr or load_asr(settings.asr)
         vad = load_vad()
         d = settings.diarization
-        voices = load_embedded(d, vad)
+        # The speaker encoder (torch) loads beside the speech-to-text model; with DIARIZER=none it
+        # waits until a voice is enrolled.
+        loading = asyncio.to_thread(load_embedded, d, vad) if d.backend != "none" else None
+        engine: SpeechToText = asr if asr is not None else await asyncio.to_thread(load_asr, settings.asr)
+        voices = await loading if loading else None
         diarizer = diarizer or load_diarizer(d, vad, voices)
-        transcriber = Transcriber(asr, workers=settings.asr.workers, metrics=metrics)
+        transcriber = Transcriber(engine, workers=settings.asr.workers, metrics=metrics)
         store = await ConversationStore.open(settings.database_url)
         speakers = SpeakerStore(store.engine)
         live = (
             LiveSpeakers(
                 voices, speakers, match_threshold=d.speaker_match_threshold, num_speakers=d.num_speakers or None
             )
-            if d.backend != "none"
+            if voices is not None
             else None
         )
         conversations = ConversationManager(
@@ -93,8 +104,8 @@ class Services:
             on_forget=(lambda uid: live.forget(uid)) if live else None,
         )
         await conversations.start()
-        log.info("ready: speech-to-text %s, diarizer %s, database %s", asr.name, diarizer.name, store.dialect)
-        return cls(settings, store, conversations, transcriber, vad, metrics, speakers, diarizer, voices, live)
+        log.info("ready: speech-to-text %s, diarizer %s, database %s", engine.name, diarizer.name, store.dialect)
+        return cls(settings, store, conversations, transcriber, vad, metrics, speakers, diarizer, live, voices)
 
     async def stop(self) -> None:
         """Stop background work and close the database."""

@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 SHARED_DATA = Path(os.environ.get("OMI_LETTA_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 COLLAR_S = 0.25
 DEV_CLIPS = ("dev00", "dev01")
+LONG_CLIPS = ("ami dev00+dev01", "all back to back")
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--long",
         action="store_true",
-        help="also one long recording: every available clip back to back (references shifted to match)",
+        help="also longer recordings: dev00+dev01 (one meeting) and every clip back to back",
     )
     p.add_argument("--rttm-dir", type=Path, help="also write each diarizer's output as RTTM files here")
     p.add_argument("--json", type=Path, help="also write the results as JSON to this file")
@@ -245,8 +246,9 @@ def measure(
 
 def back_to_back(
     jobs: list[tuple[Clip, NDArray[np.float32], list[Turn], list[tuple[float, float]] | None]],
+    name: str = "all back to back",
 ) -> tuple[Clip, NDArray[np.float32], list[Turn], list[tuple[float, float]] | None]:
-    """All clips as one recording, with their references and scored regions shifted to match."""
+    """Clips as one recording, with their references and scored regions shifted to match."""
     offset = 0.0
     reference: list[Turn] = []
     uem: list[tuple[float, float]] = []
@@ -256,7 +258,8 @@ def back_to_back(
         uem += [(a + offset, b + offset) for a, b in (regions or [(0.0, duration)])]
         offset += duration
     audio = np.concatenate([job[1] for job in jobs])
-    return Clip("all back to back", Path("long.wav"), Path("long.rttm"), "long"), audio, reference, uem
+    file_id = name.replace(" ", "_").replace("+", "_")
+    return Clip(name, Path(f"{file_id}.wav"), Path(f"{file_id}.rttm"), file_id), audio, reference, uem
 
 
 def pct(x: float) -> str:
@@ -311,7 +314,10 @@ def main(argv: list[str] | None = None) -> int:
         uem = read_uem(clip.uem).get(clip.file_id) if clip.uem else None
         jobs.append((clip, audio[clip.name], reference, uem))
     if args.long:
-        jobs.append(back_to_back(jobs))
+        meeting = [job for job in jobs if job[0].file_id in DEV_CLIPS]
+        if len(meeting) == len(DEV_CLIPS):
+            jobs.append(back_to_back(meeting, "ami dev00+dev01"))
+        jobs.append(back_to_back(jobs, "all back to back"))
     for clip, clip_audio, reference, uem in jobs:
         for label, diarizer in under_test:
             row = measure(
@@ -344,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     means = []
     for label, _ in under_test:
-        mine = [r for r in rows if r.diarizer == label and r.clip != "all back to back"]
+        mine = [r for r in rows if r.diarizer == label and r.clip not in LONG_CLIPS]
         means.append(mean_row(label, f"mean of {len(mine)} clips", mine))
         dev = [r for r in mine if r.clip.removeprefix("ami ") in DEV_CLIPS]
         if dev and len(dev) < len(mine):

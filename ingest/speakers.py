@@ -41,10 +41,10 @@ def match_profiles(
     centroids: dict[int, NDArray[np.float32]], profiles: list[SpeakerProfile], threshold: float
 ) -> dict[int, tuple[SpeakerProfile, float]]:
     """One-to-one matching of conversation speakers to voice profiles above ``threshold``."""
-    from scipy.optimize import linear_sum_assignment
-
     if not centroids or not profiles:
         return {}
+    from scipy.optimize import linear_sum_assignment
+
     speakers = list(centroids)
     sims = np.array([[float(centroids[s] @ p.embedding) for p in profiles] for s in speakers])
     rows, cols = linear_sum_assignment(sims, maximize=True)
