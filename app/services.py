@@ -76,6 +76,8 @@ class Services:
             "text_frames_ignored_total",
             "sink_retries_total",
             "segments_lost_total",
+            "speaker_assignments_total",
+            "speaker_assignments_rejected_total",
         ):
             metrics.inc(counter, 0.0)
         metrics.set_gauge("streams_active", 0)
