@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, LargeBinary, String, Text, func, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-__all__ = ["Base", "ConversationRow", "SegmentRow", "SpeakerProfileRow"]
+__all__ = ["Base", "ConversationRow", "OutboxRow", "SegmentRow", "SpeakerProfileRow"]
 
 
 class Base(DeclarativeBase):
@@ -93,3 +93,28 @@ Index(
     sqlite_where=text("is_user"),
     postgresql_where=text("is_user"),
 )
+
+
+class OutboxRow(Base):
+    """A change still to be delivered to one sink (Letta, the vector index) for one user.
+
+    Written in the same transaction as the change itself. Records of one user and sink are
+    delivered in ``id`` order; ``status`` is ``pending``, ``done`` or ``dead`` (gave up).
+    """
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    uid: Mapped[str] = mapped_column(String(128))
+    sink: Mapped[str] = mapped_column(String(32))
+    action: Mapped[str] = mapped_column(String(32))
+    conversation_id: Mapped[str] = mapped_column(String(36))
+    turn_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[float] = mapped_column(Float)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (Index("ix_outbox_sink_status_uid", "sink", "status", "uid", "id"),)

@@ -18,6 +18,7 @@ from ingest.segments import TranscriptSegment
 from memory.errors import NotFoundError
 from memory.migrate import upgrade
 from memory.models import ConversationRow, SegmentRow
+from memory.outbox import enqueue
 
 __all__ = ["Conversation", "ConversationStore", "iso"]
 
@@ -113,13 +114,17 @@ def _from_row(row: ConversationRow, *, with_segments: bool = True) -> Conversati
 class ConversationStore:
     """Reads and writes conversations. Every write is committed before the call returns."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, sinks: tuple[str, ...] = ()) -> None:
         self._engine = engine
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self.sinks = sinks  # every change is queued in the outbox for each of these
 
     @classmethod
-    async def open(cls, url: str) -> ConversationStore:
-        """Migrate the database at ``url`` to the newest schema and open it."""
+    async def open(cls, url: str, *, sinks: tuple[str, ...] = ()) -> ConversationStore:
+        """Migrate the database at ``url`` to the newest schema and open it.
+
+        Each stored change is also queued in the outbox for every sink in ``sinks``.
+        """
         parsed = make_url(url)
         if parsed.drivername.startswith("sqlite") and parsed.database not in (None, "", ":memory:"):
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
@@ -128,7 +133,7 @@ class ConversationStore:
         if parsed.drivername.startswith("sqlite"):
             connect_args["timeout"] = 30
         engine = create_async_engine(url, connect_args=connect_args)
-        return cls(engine)
+        return cls(engine, sinks=sinks)
 
     @property
     def engine(self) -> AsyncEngine:
@@ -206,6 +211,15 @@ class ConversationStore:
                         speaker_name=seg.speaker_name,
                     )
                 )
+            if changed:
+                enqueue(
+                    session,
+                    uid=row.uid,
+                    sinks=self.sinks,
+                    action="turns",
+                    conversation_id=conversation.id,
+                    turn_ids=[seg.id for seg in changed],
+                )
 
     async def touch(self, conversation_id: str, *, timeout_s: int) -> None:
         """Record a (re)connection: update the timeout the client asked for."""
@@ -250,6 +264,7 @@ class ConversationStore:
                 await session.delete(row)
                 return None
             row.status = "completed"
+            enqueue(session, uid=row.uid, sinks=self.sinks, action="closed", conversation_id=row.id)
             return _from_row(row)
 
     async def get(self, uid: str, conversation_id: str) -> Conversation:
@@ -299,7 +314,11 @@ class ConversationStore:
             row = await session.get(ConversationRow, conversation_id)
             if row is None or row.uid != uid:
                 raise NotFoundError(f"conversation {conversation_id} not found")
+            turn_ids = [s.id for s in row.segments]
             await session.delete(row)  # segments go with it (ORM cascade)
+            enqueue(
+                session, uid=uid, sinks=self.sinks, action="deleted", conversation_id=conversation_id, turn_ids=turn_ids
+            )
 
     async def add_completed(
         self, *, uid: str, source: str, language: str, started_at: float, segments: list[TranscriptSegment], now: float

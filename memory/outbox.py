@@ -1,0 +1,207 @@
+"""The durable outbox: every stored change, queued for each delivery sink in the same transaction.
+
+A change to a conversation (turns stored or changed, the conversation closed, or deleted) adds
+one record per configured sink, committed together with the change: if one is stored, so is the
+other. Delivery takes the oldest pending record of each user and sink (:meth:`Outbox.heads`), so
+one user's records reach a sink in order, one at a time. A failed attempt is retried after an
+exponential backoff with jitter; after ``max_attempts`` the record is *dead* and no longer holds
+up the records behind it. Dead records are listed, retried or purged by hand.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+
+from memory.models import OutboxRow
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+__all__ = ["ACTIONS", "Outbox", "OutboxRecord", "RetryPolicy", "enqueue"]
+
+ACTIONS = ("turns", "closed", "deleted")
+"""``turns``: these turns are new or changed; ``closed``: the conversation ended; ``deleted``: it is gone."""
+
+
+class OutboxRecord(msgspec.Struct, kw_only=True):
+    """One change for one sink."""
+
+    id: int
+    uid: str
+    sink: str
+    action: str
+    conversation_id: str
+    turn_ids: list[str]
+    status: str
+    attempts: int
+    next_attempt_at: float
+    last_error: str | None
+    created_at: float
+
+
+class RetryPolicy(msgspec.Struct, frozen=True):
+    """How failed deliveries are retried: exponential backoff with jitter, then a dead letter."""
+
+    max_attempts: int = 8
+    base_delay_s: float = 1.0
+    max_delay_s: float = 300.0
+
+    def delay(self, attempts: int, rng: random.Random | None = None) -> float:
+        """Seconds to wait after the ``attempts``-th failure: half the capped exponential, plus up to as much again."""
+        ceiling = min(self.max_delay_s, self.base_delay_s * 2 ** max(attempts - 1, 0))
+        return ceiling / 2 + (rng or random).uniform(0, ceiling / 2)
+
+
+def enqueue(
+    session: AsyncSession,
+    *,
+    uid: str,
+    sinks: tuple[str, ...],
+    action: str,
+    conversation_id: str,
+    turn_ids: list[str] | None = None,
+    now: float | None = None,
+) -> None:
+    """Add one record per sink to ``session``; the caller commits it with the change it describes."""
+    if action not in ACTIONS:
+        raise ValueError(f"unknown outbox action {action!r}")
+    stamp = time.time() if now is None else now
+    for sink in sinks:
+        session.add(
+            OutboxRow(
+                uid=uid,
+                sink=sink,
+                action=action,
+                conversation_id=conversation_id,
+                turn_ids=list(turn_ids or []),
+                status="pending",
+                attempts=0,
+                next_attempt_at=stamp,
+                last_error=None,
+                created_at=stamp,
+                updated_at=stamp,
+            )
+        )
+
+
+def _record(row: OutboxRow) -> OutboxRecord:
+    return OutboxRecord(
+        id=row.id,
+        uid=row.uid,
+        sink=row.sink,
+        action=row.action,
+        conversation_id=row.conversation_id,
+        turn_ids=list(row.turn_ids or []),
+        status=row.status,
+        attempts=row.attempts,
+        next_attempt_at=row.next_attempt_at,
+        last_error=row.last_error,
+        created_at=row.created_at,
+    )
+
+
+class Outbox:
+    """Reads and updates outbox records; shares the conversation store's engine."""
+
+    def __init__(self, engine: AsyncEngine, policy: RetryPolicy | None = None) -> None:
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self.policy = policy or RetryPolicy()
+
+    async def heads(self, sink: str, *, now: float, limit: int = 16) -> list[OutboxRecord]:
+        """For each user, their oldest pending record for ``sink`` if it is due: what to deliver next."""
+        oldest = (
+            select(func.min(OutboxRow.id))
+            .where(OutboxRow.sink == sink, OutboxRow.status == "pending")
+            .group_by(OutboxRow.uid)
+        )
+        query = (
+            select(OutboxRow)
+            .where(OutboxRow.id.in_(oldest), OutboxRow.next_attempt_at <= now)
+            .order_by(OutboxRow.id)
+            .limit(limit)
+        )
+        async with self._sessions() as session:
+            return [_record(r) for r in (await session.scalars(query)).all()]
+
+    async def complete(self, record_id: int, *, now: float | None = None) -> None:
+        """The record was delivered."""
+        async with self._sessions() as session, session.begin():
+            await session.execute(
+                update(OutboxRow)
+                .where(OutboxRow.id == record_id)
+                .values(status="done", updated_at=time.time() if now is None else now, last_error=None)
+            )
+
+    async def fail(self, record_id: int, error: str, *, now: float | None = None) -> str:
+        """A delivery attempt failed: schedule the next one, or mark the record dead. Returns the status."""
+        stamp = time.time() if now is None else now
+        async with self._sessions() as session, session.begin():
+            row = await session.get(OutboxRow, record_id)
+            if row is None:
+                return "gone"
+            row.attempts += 1
+            row.last_error = error[:2000]
+            row.updated_at = stamp
+            if row.attempts >= self.policy.max_attempts:
+                row.status = "dead"
+            else:
+                row.next_attempt_at = stamp + self.policy.delay(row.attempts)
+            return row.status
+
+    async def records(
+        self, *, status: str | None = None, uid: str | None = None, sink: str | None = None, limit: int = 100
+    ) -> list[OutboxRecord]:
+        """Records, oldest first, optionally filtered."""
+        query = select(OutboxRow).order_by(OutboxRow.id).limit(limit)
+        if status:
+            query = query.where(OutboxRow.status == status)
+        if uid:
+            query = query.where(OutboxRow.uid == uid)
+        if sink:
+            query = query.where(OutboxRow.sink == sink)
+        async with self._sessions() as session:
+            return [_record(r) for r in (await session.scalars(query)).all()]
+
+    async def retry(self, ids: list[int] | None = None, *, now: float | None = None) -> int:
+        """Make dead records (``ids``, or all of them) pending again, due now. Returns how many."""
+        stamp = time.time() if now is None else now
+        query = update(OutboxRow).where(OutboxRow.status == "dead")
+        if ids is not None:
+            query = query.where(OutboxRow.id.in_(ids))
+        async with self._sessions() as session, session.begin():
+            result: Any = await session.execute(
+                query.values(status="pending", attempts=0, next_attempt_at=stamp, updated_at=stamp)
+            )
+            return int(result.rowcount or 0)
+
+    async def purge(self, ids: list[int] | None = None, *, status: str = "dead") -> int:
+        """Delete records of ``status`` (``ids``, or all of them). Returns how many."""
+        query = delete(OutboxRow).where(OutboxRow.status == status)
+        if ids is not None:
+            query = query.where(OutboxRow.id.in_(ids))
+        async with self._sessions() as session, session.begin():
+            result: Any = await session.execute(query)
+            return int(result.rowcount or 0)
+
+    async def stats(self, *, now: float | None = None) -> dict[str, dict[str, float]]:
+        """Per sink: pending records, the oldest pending one's age in seconds, and dead records."""
+        stamp = time.time() if now is None else now
+        query = select(OutboxRow.sink, OutboxRow.status, func.count(), func.min(OutboxRow.created_at)).group_by(
+            OutboxRow.sink, OutboxRow.status
+        )
+        out: dict[str, dict[str, float]] = {}
+        async with self._sessions() as session:
+            for sink, status, count, oldest in (await session.execute(query)).all():
+                entry = out.setdefault(sink, {"pending": 0.0, "oldest_pending_age_s": 0.0, "dead": 0.0})
+                if status == "pending":
+                    entry["pending"] = float(count)
+                    entry["oldest_pending_age_s"] = max(0.0, stamp - float(oldest))
+                elif status == "dead":
+                    entry["dead"] = float(count)
+        return out
