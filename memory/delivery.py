@@ -126,7 +126,7 @@ class Deliverer:
             wake.clear()
             try:
                 await self.run_once(sink)
-                await self._report(sink)
+                await self.report(sink)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -134,7 +134,8 @@ class Deliverer:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), self.poll_s)
 
-    async def _report(self, sink: Sink) -> None:
+    async def report(self, sink: Sink) -> None:
+        """Refresh the outbox gauges of ``sink``."""
         stats = (await self.outbox.stats()).get(sink.name, {})
         self.metrics.set_gauge(f"outbox_pending_{sink.name}", stats.get("pending", 0.0))
         self.metrics.set_gauge(f"outbox_oldest_pending_age_seconds_{sink.name}", stats.get("oldest_pending_age_s", 0.0))

@@ -97,6 +97,7 @@ async def test_an_outage_delays_delivery_but_loses_and_repeats_nothing(store: Co
     assert sorted(sink.turns.values()) == ["Turn 0.", "Turn 1.", "Turn 2."]
     assert sink.calls == 3 + 3
     assert metrics.counters["delivery_failures_total_index"] == 3
+    await deliverer.report(sink)
     assert metrics.gauges["outbox_pending_index"] == 0
 
 
