@@ -41,7 +41,12 @@ install: system-deps $(STAMP) ## create .venv and install the project with its t
 
 env: .env ## write .env from .env.example with a fresh random ADMIN_KEY
 
-run: install .env ## serve on 0.0.0.0:8000 with local models and SQLite
+# Unless LETTA_BASE_URL is set, a local Letta server (omi-letta letta-local) runs beside the service;
+# Ctrl-C stops the service, then the EXIT trap stops Letta and its PostgreSQL.
+run: install .env ## serve on 0.0.0.0:8000 with local models and SQLite, and a local Letta server
+	@$(BIN)/omi-letta letta-local --unless-configured & letta=$$!; \
+	trap 'kill -TERM $$letta 2>/dev/null; wait $$letta' EXIT; \
+	trap 'exit 130' INT TERM; \
 	$(BIN)/omi-letta serve
 
 lint: install ## ruff lint and format check

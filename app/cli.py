@@ -1,4 +1,4 @@
-"""The ``omi-letta`` command: ``serve``, ``ingest``, ``enroll``, ``speakers`` and ``simulate``."""
+"""The ``omi-letta`` command: ``serve``, ``ingest``, ``enroll``, ``speakers``, ``simulate`` and ``letta-local``."""
 
 from __future__ import annotations
 
@@ -75,6 +75,22 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--speed", type=float, default=1.0, help="pace at real time × SPEED (default: 1)")
     sim.add_argument("--language", default="en")
     sim.add_argument("--json", action="store_true", help="print the final segment list as JSON to stdout")
+
+    local = commands.add_parser(
+        "letta-local",
+        help="run a local Letta server (for development and tests)",
+        description="Run the pinned open-source Letta server (0.16.8) on 127.0.0.1 with its own PostgreSQL and "
+        "pgvector, until Ctrl-C. The first run installs it into its own virtual environment under DIR (about "
+        "1 GB, under a minute with uv); later runs reuse the environment, the database and the schema. Logs go "
+        "to DIR/logs. When LETTA_API_KEY is set, the server requires it. Nothing is sent off the machine.",
+    )
+    local.add_argument("--port", type=int, help="server port (default: LETTA_LOCAL_PORT setting, 8283)")
+    local.add_argument("--dir", type=Path, metavar="DIR", help="where it lives (default: DATA_DIR/letta)")
+    local.add_argument(
+        "--unless-configured",
+        action="store_true",
+        help="do nothing when LETTA_BASE_URL is set (how `make run` starts it beside the service)",
+    )
     return parser
 
 
@@ -90,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
             return _enroll(args)
         if args.command == "speakers":
             return _speakers(args)
+        if args.command == "letta-local":
+            return _letta_local(args)
         return _simulate(args)
     except SettingsError as exc:
         print(f"omi-letta: configuration error: {exc}", file=sys.stderr)
@@ -315,6 +333,17 @@ async def _open_speakers(settings: Settings) -> tuple[SpeakerStore, Callable[[],
 
     store = await ConversationStore.open(settings.database_url)
     return SpeakerStore(store.engine), store.close
+
+
+def _letta_local(args: argparse.Namespace) -> int:
+    from app.letta_local import run_forever
+
+    settings = load_settings()
+    if args.unless_configured and settings.letta.base_url:
+        print(f"letta-local: LETTA_BASE_URL is set ({settings.letta.base_url}); not starting a local Letta server")
+        return 0
+    root = args.dir or settings.server.data_dir / "letta"
+    return run_forever(root, args.port or settings.letta.local_port, password=settings.letta.api_key)
 
 
 def _simulate(args: argparse.Namespace) -> int:

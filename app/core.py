@@ -15,9 +15,12 @@ from litestar.openapi.plugins import RedocRenderPlugin, SwaggerRenderPlugin
 from app import __version__
 from app.routes import (
     ConversationController,
+    EmbeddingsController,
+    MemoryController,
     SpeakerController,
     conflict,
     health,
+    memory_unavailable,
     metrics,
     not_found,
     provide_services,
@@ -27,7 +30,7 @@ from app.routes import (
 from app.services import Services, check_can_serve
 from app.settings import Settings, get_settings
 from app.ws import listen
-from memory.errors import ConflictError, NotFoundError
+from memory.errors import ConflictError, EmbeddingError, NotFoundError, VectorIndexError
 
 if TYPE_CHECKING:
     from ingest.asr.base import SpeechToText
@@ -58,13 +61,27 @@ def create_app(
             await services.stop()
 
     return Litestar(
-        route_handlers=[listen, health, metrics, ConversationController, SpeakerController],
+        route_handlers=[
+            listen,
+            health,
+            metrics,
+            ConversationController,
+            SpeakerController,
+            MemoryController,
+            EmbeddingsController,
+        ],
         dependencies={
             "services": Provide(provide_services, sync_to_thread=False),
             "uid": Provide(provide_uid, sync_to_thread=False),
         },
         lifespan=[lifespan],
-        exception_handlers={NotFoundError: not_found, ConflictError: conflict, 413: too_large},
+        exception_handlers={
+            NotFoundError: not_found,
+            ConflictError: conflict,
+            EmbeddingError: memory_unavailable,
+            VectorIndexError: memory_unavailable,
+            413: too_large,
+        },
         openapi_config=OpenAPIConfig(
             title="omi-letta",
             version=__version__,

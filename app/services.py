@@ -15,6 +15,7 @@ from ingest.metrics import Metrics
 from ingest.speakers import LiveSpeakers
 from ingest.stream import Transcriber
 from ingest.vad import SileroVad, VadParams, load_vad
+from memory.search import MemorySearch, open_search
 from memory.speakers import SpeakerStore
 from memory.store import ConversationStore
 
@@ -50,6 +51,7 @@ class Services:
     diarizer: Diarizer  # whole recordings (batch ingest)
     live_speakers: LiveSpeakers | None  # None when DIARIZER=none
     _voices: EmbeddedDiarizer | None = None
+    memory: MemorySearch | None = None  # hybrid memory search; its embedder loads on first use
 
     @property
     def voices(self) -> EmbeddedDiarizer:
@@ -107,13 +109,18 @@ class Services:
         )
         await conversations.start()
         log.info("ready: speech-to-text %s, diarizer %s, database %s", engine.name, diarizer.name, store.dialect)
-        return cls(settings, store, conversations, transcriber, vad, metrics, speakers, diarizer, live, voices)
+        memory = open_search(settings.embeddings, settings.vector_index, settings.server.data_dir)
+        return cls(
+            settings, store, conversations, transcriber, vad, metrics, speakers, diarizer, live, voices, memory=memory
+        )
 
     async def stop(self) -> None:
         """Stop background work and close the database."""
         await self.conversations.stop()
         self.transcriber.close()
         await self.store.close()
+        if self.memory is not None:
+            await self.memory.close()
 
     def vad_params(self) -> VadParams:
         """Endpointing tunables from the settings."""

@@ -18,11 +18,14 @@ __all__ = [
     "AuthSettings",
     "ConversationSettings",
     "DiarizationSettings",
+    "EmbeddingSettings",
+    "LettaSettings",
     "ServerSettings",
     "Settings",
     "SettingsError",
     "StorageSettings",
     "StreamSettings",
+    "VectorIndexSettings",
     "env_table",
     "get_settings",
     "load_settings",
@@ -211,6 +214,91 @@ class StorageSettings:
 
 
 @dataclass(frozen=True)
+class EmbeddingSettings:
+    """Text embeddings of turns and search queries."""
+
+    backend: str = setting(
+        "EMBEDDINGS_BACKEND",
+        "local",
+        "Text embedding engine: `local` (all-MiniLM-L6-v2 shipped by PyPI, CPU, nothing leaves the machine) "
+        "or `openai` (an OpenAI-compatible API).",
+        choices=("local", "openai"),
+    )
+    model: str = setting(
+        "EMBEDDINGS_MODEL",
+        "",
+        "Embedding model; empty means the backend's default: `all-MiniLM-L6-v2` (local; or a "
+        "sentence-transformers directory) or `text-embedding-3-small` (openai).",
+    )
+    batch_size: int = setting("EMBEDDINGS_BATCH_SIZE", 64, "Texts embedded per model call or API request.")
+    threads: int = setting("EMBEDDINGS_THREADS", 1, "CPU threads of the local embedding model per call.")
+    openai_base_url: str = setting(
+        "OPENAI_BASE_URL", "", "Base URL of the OpenAI-compatible embeddings API; empty means api.openai.com."
+    )
+    openai_api_key: str = setting("OPENAI_API_KEY", "", "API key of the OpenAI-compatible embeddings API.")
+
+    def __post_init__(self) -> None:
+        _check_range("EMBEDDINGS_BATCH_SIZE", self.batch_size, 1, 2048)
+        _check_range("EMBEDDINGS_THREADS", self.threads, 1, 64)
+        if self.backend == "openai" and not self.openai_api_key:
+            raise SettingsError("EMBEDDINGS_BACKEND=openai needs OPENAI_API_KEY")
+
+
+@dataclass(frozen=True)
+class VectorIndexSettings:
+    """Where turn embeddings are indexed for memory search."""
+
+    backend: str = setting(
+        "VECTOR_INDEX",
+        "local",
+        "Vector index: `local` (files under `DATA_DIR/index`, exact cosine search) or `pinecone`.",
+        choices=("local", "pinecone"),
+    )
+    pinecone_api_key: str = setting("PINECONE_API_KEY", "", "Pinecone API key.")
+    pinecone_host: str = setting(
+        "PINECONE_HOST", "", "Data-plane host of the Pinecone index (skips a lookup by PINECONE_INDEX)."
+    )
+    pinecone_index: str = setting(
+        "PINECONE_INDEX", "", "Name of the Pinecone index (used when PINECONE_HOST is empty)."
+    )
+
+    def __post_init__(self) -> None:
+        if self.backend == "pinecone":
+            if not self.pinecone_api_key:
+                raise SettingsError("VECTOR_INDEX=pinecone needs PINECONE_API_KEY")
+            if not self.pinecone_host and not self.pinecone_index:
+                raise SettingsError("VECTOR_INDEX=pinecone needs PINECONE_HOST or PINECONE_INDEX")
+
+
+@dataclass(frozen=True)
+class LettaSettings:
+    """The Letta server that receives the turns."""
+
+    base_url: str = setting(
+        "LETTA_BASE_URL",
+        "",
+        "Letta server URL (Letta Cloud: `https://api.letta.com`); empty means the local server of "
+        "`omi-letta letta-local` on 127.0.0.1:LETTA_LOCAL_PORT, which `make run` starts.",
+    )
+    api_key: str = setting(
+        "LETTA_API_KEY",
+        "",
+        "Letta API key, or the password of a self-hosted server; `omi-letta letta-local` requires it when set.",
+    )
+    local_port: int = setting("LETTA_LOCAL_PORT", 8283, "Port of the local Letta server (`omi-letta letta-local`).")
+
+    def __post_init__(self) -> None:
+        _check_range("LETTA_LOCAL_PORT", self.local_port, 1, 65535)
+        if self.base_url and not self.base_url.startswith(("http://", "https://")):
+            raise SettingsError("LETTA_BASE_URL must start with http:// or https://")
+
+    @property
+    def url(self) -> str:
+        """The effective Letta URL: LETTA_BASE_URL, else the local server."""
+        return self.base_url.rstrip("/") or f"http://127.0.0.1:{self.local_port}"
+
+
+@dataclass(frozen=True)
 class Settings:
     """All settings of the service."""
 
@@ -221,6 +309,9 @@ class Settings:
     conversation: ConversationSettings = field(default_factory=ConversationSettings)
     diarization: DiarizationSettings = field(default_factory=DiarizationSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
+    letta: LettaSettings = field(default_factory=LettaSettings)
+    embeddings: EmbeddingSettings = field(default_factory=EmbeddingSettings)
+    vector_index: VectorIndexSettings = field(default_factory=VectorIndexSettings)
 
     @property
     def database_url(self) -> str:
@@ -238,6 +329,9 @@ SECTIONS: tuple[type, ...] = (
     ConversationSettings,
     DiarizationSettings,
     StorageSettings,
+    EmbeddingSettings,
+    VectorIndexSettings,
+    LettaSettings,
 )
 
 

@@ -2,12 +2,14 @@
 
 StorageError            root; carries ``detail``
 ├── NotFoundError       no such conversation or speaker profile for this user
-└── ConflictError       the change clashes with what is stored (a speaker name already taken)
+├── ConflictError       the change clashes with what is stored (a speaker name already taken)
+├── EmbeddingError      the text embedding engine failed or could not be loaded
+└── VectorIndexError    the vector index (local files or Pinecone) failed
 """
 
 from __future__ import annotations
 
-__all__ = ["ConflictError", "NotFoundError", "StorageError"]
+__all__ = ["ConflictError", "EmbeddingError", "NotFoundError", "StorageError", "VectorIndexError"]
 
 
 class StorageError(Exception):
@@ -24,3 +26,11 @@ class NotFoundError(StorageError):
 
 class ConflictError(StorageError):
     """The change would break a uniqueness rule, such as one speaker name per user."""
+
+
+class EmbeddingError(StorageError):
+    """The text embedding engine failed or could not be loaded."""
+
+
+class VectorIndexError(StorageError):
+    """The vector index failed (a Pinecone error, a damaged local file)."""

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support import ServerProcess, Turn, have_espeak, synthesize
+from app.letta_local import LocalLetta, LocalLettaError, default_cache_dir
+from tests.support import ServerProcess, Turn, free_port, have_espeak, synthesize
 
 # Short timeouts so lifecycle tests run in seconds; the protocol is otherwise the OMI default.
 FAST = {
@@ -38,3 +42,35 @@ def dialogue(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Turn]
     if not have_espeak():
         pytest.fail("espeak-ng is not installed; `make test` installs it (apt-get install espeak-ng)")
     return synthesize(DIALOGUE, tmp_path_factory.mktemp("audio") / "dialogue.wav")
+
+
+@pytest.fixture(scope="session")
+def letta() -> Iterator[LocalLetta]:
+    """The pinned Letta server (0.16.8) with its own PostgreSQL, started once per test session.
+
+    It is installed on first use into OMI_LETTA_LOCAL_DIR (default `~/.cache/omi-letta/letta-0.16.8`),
+    which later sessions reuse with their database. If another session holds that directory, this one
+    runs on a throwaway database beside the same installed environment.
+    """
+    root = Path(os.environ.get("OMI_LETTA_LOCAL_DIR") or default_cache_dir())
+    root.mkdir(parents=True, exist_ok=True)
+    server = LocalLetta(root, port=free_port())
+    scratch: Path | None = None
+    try:
+        server.start()
+    except LocalLettaError as exc:
+        if "another omi-letta letta-local" not in str(exc):
+            pytest.fail(f"the local Letta server did not start: {exc}")
+        scratch = Path(tempfile.mkdtemp(prefix="omi-letta-letta-"))
+        scratch.chmod(0o755)  # PostgreSQL runs as `postgres` when we are root
+        shared = root / "venv" if LocalLetta(root).installed() else None
+        server = LocalLetta(scratch, port=free_port(), venv=shared)
+        try:
+            server.start()
+        except LocalLettaError as again:
+            shutil.rmtree(scratch, ignore_errors=True)
+            pytest.fail(f"the local Letta server did not start: {again}")
+    yield server
+    server.stop()
+    if scratch is not None:
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import os
 import re
 import shutil
@@ -10,8 +13,10 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -210,3 +215,78 @@ class TempPostgres:
     def stop(self) -> None:
         self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop")
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+class StandInEmbeddings:
+    """A tiny OpenAI-compatible ``POST /v1/embeddings`` server for tests, on a free localhost port.
+
+    A test stand-in for an embedding model, not ours: each text becomes a deterministic, unit-length
+    hashed bag of words, so texts sharing words are close. It answers float lists, or base64 when
+    asked (the ``openai`` SDK asks for base64 by default), and counts the texts it embedded.
+    """
+
+    def __init__(self, dim: int = 384) -> None:
+        self.dim = dim
+        self.port = free_port()
+        self.texts = 0
+        self._httpd: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        """The base URL an OpenAI client takes (ends in ``/v1``)."""
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def embed(self, text: str) -> np.ndarray:
+        vector = np.zeros(self.dim, dtype=np.float32)
+        for word in re.findall(r"\w+", text.lower()):
+            digest = hashlib.blake2b(word.encode(), digest_size=8).digest()
+            vector[int.from_bytes(digest[:4], "little") % self.dim] += 1.0 if digest[4] & 1 else -1.0
+        norm = float(np.linalg.norm(vector))
+        return vector / norm if norm else vector
+
+    def start(self) -> StandInEmbeddings:
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                if self.path.rstrip("/") not in ("/v1/embeddings", "/embeddings"):
+                    self.send_error(404)
+                    return
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+                texts = [body["input"]] if isinstance(body["input"], str) else list(body["input"])
+                owner.texts += len(texts)
+                data = []
+                for i, text in enumerate(texts):
+                    vector = owner.embed(str(text))
+                    encoded: Any = (
+                        base64.b64encode(vector.astype("<f4").tobytes()).decode()
+                        if body.get("encoding_format") == "base64"
+                        else vector.tolist()
+                    )
+                    data.append({"object": "embedding", "index": i, "embedding": encoded})
+                reply = json.dumps(
+                    {
+                        "object": "list",
+                        "data": data,
+                        "model": body.get("model", "stand-in"),
+                        "usage": {"prompt_tokens": 0, "total_tokens": 0},
+                    }
+                ).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None

@@ -41,11 +41,20 @@ def test_environment_wins_over_env_file(tmp_path: Path):
         ({"CONVERSATION_TIMEOUT_S": "10"}, "CONVERSATION_TIMEOUT_S=10 is out of range"),
         ({"VAD_SPEECH_PAD_MS": "500", "VAD_MIN_SILENCE_MS": "400"}, "VAD_SPEECH_PAD_MS=500 is out of range"),
         ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL='LOUD' is not one of"),
+        ({"LETTA_BASE_URL": "localhost:8283"}, "LETTA_BASE_URL must start with http:// or https://"),
+        ({"LETTA_LOCAL_PORT": "70000"}, "LETTA_LOCAL_PORT=70000 is out of range"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], message: str):
     with pytest.raises(SettingsError, match=message.replace("(", r"\(")):
         load_settings(env, env_file=None)
+
+
+def test_letta_defaults_to_the_local_server():
+    assert load_settings({}, env_file=None).letta.url == "http://127.0.0.1:8283"
+    assert load_settings({"LETTA_LOCAL_PORT": "9283"}, env_file=None).letta.url == "http://127.0.0.1:9283"
+    cloud = load_settings({"LETTA_BASE_URL": "https://api.letta.com/", "LETTA_API_KEY": "sk-x"}, env_file=None)
+    assert cloud.letta.url == "https://api.letta.com" and cloud.letta.api_key == "sk-x"
 
 
 def test_minimum_conversation_timeout_can_be_lowered_for_tests():
