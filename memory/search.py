@@ -17,25 +17,21 @@ from __future__ import annotations
 
 import asyncio
 import re
-import sqlite3
-import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, ParamSpec, TypeVar
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from memory.embeddings import Embedder
-from memory.errors import VectorIndexError
 from memory.index import IndexHit, IndexItem, VectorIndex
+from memory.sqlite_file import SqliteFile
 
 if TYPE_CHECKING:
     from app.settings import EmbeddingSettings, VectorIndexSettings
 
 __all__ = ["RRF_K", "LexicalIndex", "MemorySearch", "Turn", "lexical_query", "open_search"]
 
-P = ParamSpec("P")
-T = TypeVar("T")
 
 RRF_K = 60  # the constant of Cormack et al. (2009); larger flattens the head of each list
 CANDIDATES = 50  # each ranking contributes at least this many candidates to the fusion
@@ -110,31 +106,11 @@ END;
 _BM25 = "bm25(turns_fts, 1.0, 0.5)"
 
 
-class LexicalIndex:
+class LexicalIndex(SqliteFile):
     """Turn texts and speaker names of every user in ``folder/lexical.db``, searched with FTS5 BM25."""
 
     def __init__(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        self.path = folder / "lexical.db"
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
-        self._lock = threading.RLock()
-
-    async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        def call() -> T:
-            return self.locked(fn, *args, **kwargs)
-
-        return await asyncio.to_thread(call)
-
-    def locked(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """Call ``fn`` holding the connection (blocking)."""
-        with self._lock:
-            try:
-                return fn(*args, **kwargs)
-            except sqlite3.Error as exc:
-                raise VectorIndexError(f"the lexical index at {self.path} failed: {exc}") from exc
+        super().__init__(folder / "lexical.db", _SCHEMA, "lexical index")
 
     async def upsert(self, turns: Sequence[Turn]) -> None:
         """Add or replace turns."""
@@ -172,7 +148,7 @@ class LexicalIndex:
             else:
                 self._db.execute("DELETE FROM turns WHERE uid = ?", (uid,))
 
-        await self._run(remove)
+        await self.run(remove)
 
     async def speaker_name(self, uid: str, speaker: str) -> str | None:
         """The stored spelling of the user's speaker ``speaker`` (compared without case), if any."""
@@ -183,7 +159,7 @@ class LexicalIndex:
             ).fetchone()
             return None if row is None else str(row[0])
 
-        return await self._run(find)
+        return await self.run(find)
 
     async def query(
         self,
@@ -249,13 +225,13 @@ class LexicalIndex:
 
     async def count(self, uid: str) -> int:
         """How many of the user's turns are indexed."""
-        return await self._run(
+        return await self.run(
             lambda: int(self._db.execute("SELECT count(*) FROM turns WHERE uid = ?", (uid,)).fetchone()[0])
         )
 
     async def close(self) -> None:
         """Close the database."""
-        await self._run(self._db.close)
+        await self.run(self._db.close)
 
 
 def fuse(rankings: Sequence[Sequence[IndexHit]], limit: int, k: int = RRF_K) -> list[IndexHit]:

@@ -11,23 +11,18 @@ partial sort for the top ``limit``. A very selective filter gathers its rows fir
 
 from __future__ import annotations
 
-import asyncio
-import sqlite3
-import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import ParamSpec, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
 
 from memory.errors import VectorIndexError
 from memory.index.base import IndexHit, IndexItem, VectorIndex
+from memory.sqlite_file import SqliteFile
 
 __all__ = ["LocalVectorIndex"]
 
-P = ParamSpec("P")
-T = TypeVar("T")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS turns (
@@ -181,34 +176,14 @@ class _Shard:
         return [self.hit(int(rows[j]) if rows is not None else int(j), float(scores[j])) for j in top]
 
 
-class LocalVectorIndex(VectorIndex):
+class LocalVectorIndex(SqliteFile, VectorIndex):
     """Exact cosine search over vectors kept in ``folder/vectors.db`` (see the module docstring)."""
 
     name = "local"
 
     def __init__(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        self.path = folder / "vectors.db"
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        super().__init__(folder / "vectors.db", _SCHEMA, "local vector index")
         self._shards: dict[str, _Shard | None] = {}  # None: the user has no turns
-        self._lock = threading.Lock()
-
-    # The blocking work runs in a worker thread, one call at a time.
-    async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        def call() -> T:
-            return self._locked(fn, *args, **kwargs)
-
-        return await asyncio.to_thread(call)
-
-    def _locked(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        with self._lock:
-            try:
-                return fn(*args, **kwargs)
-            except sqlite3.Error as exc:
-                raise VectorIndexError(f"the local vector index at {self.path} failed: {exc}") from exc
 
     def _shard(self, uid: str) -> _Shard | None:
         if uid in self._shards:
@@ -236,7 +211,7 @@ class LocalVectorIndex(VectorIndex):
         return shard
 
     async def upsert(self, items: Sequence[IndexItem]) -> None:
-        await self._run(self._upsert, items)
+        await self.run(self._upsert, items)
 
     def _upsert(self, items: Sequence[IndexItem]) -> None:
         vectors = [np.ascontiguousarray(item.vector, dtype="<f4").reshape(-1) for item in items]
@@ -278,7 +253,7 @@ class LocalVectorIndex(VectorIndex):
             shard.put(item, vector)
 
     async def delete(self, uid: str, ids: Sequence[str] | None = None, conversation_id: str | None = None) -> None:
-        await self._run(self._delete, uid, ids, conversation_id)
+        await self.run(self._delete, uid, ids, conversation_id)
 
     def _delete(self, uid: str, ids: Sequence[str] | None, conversation_id: str | None) -> None:
         if ids is not None:
@@ -311,7 +286,7 @@ class LocalVectorIndex(VectorIndex):
         since: float | None = None,
         until: float | None = None,
     ) -> list[IndexHit]:
-        return await self._run(self._query, uid, vector, limit, speaker, conversation_id, since, until)
+        return await self.run(self._query, uid, vector, limit, speaker, conversation_id, since, until)
 
     def _query(
         self,
@@ -343,10 +318,10 @@ class LocalVectorIndex(VectorIndex):
         until: float | None = None,
     ) -> list[IndexHit]:
         """:meth:`query` without a worker thread (benchmarks, scripts)."""
-        return self._locked(self._query, uid, vector, limit, speaker, conversation_id, since, until)
+        return self.locked(self._query, uid, vector, limit, speaker, conversation_id, since, until)
 
     async def fetch(self, uid: str, ids: Sequence[str]) -> list[IndexItem]:
-        return await self._run(self._fetch, uid, ids)
+        return await self.run(self._fetch, uid, ids)
 
     def _fetch(self, uid: str, ids: Sequence[str]) -> list[IndexItem]:
         found: dict[str, IndexItem] = {}
@@ -371,7 +346,7 @@ class LocalVectorIndex(VectorIndex):
         return [found[t] for t in ids if t in found]
 
     async def count(self, uid: str) -> int:
-        return await self._run(self._count, uid)
+        return await self.run(self._count, uid)
 
     def _count(self, uid: str) -> int:
         shard = self._shards.get(uid)
@@ -380,4 +355,4 @@ class LocalVectorIndex(VectorIndex):
         return int(self._db.execute("SELECT count(*) FROM turns WHERE uid = ?", (uid,)).fetchone()[0])
 
     async def close(self) -> None:
-        await self._run(self._db.close)
+        await self.run(self._db.close)
