@@ -116,7 +116,7 @@ class ConversationController(Controller):
         The stored segments change, and a client streaming this conversation receives them again.
         """
         from ingest.diarize.live import Identity
-        from ingest.speakers import apply_identity
+        from ingest.speakers import name_speaker
 
         conversation = await services.store.get(uid, conversation_id)
         if not any(s.speaker_id == data.speaker_id for s in conversation.segments):
@@ -151,7 +151,7 @@ class ConversationController(Controller):
         await services.conversations.relabel(
             uid,
             conversation_id,
-            lambda s: apply_identity(s, s.speaker_id, identity) if s.speaker_id == data.speaker_id else s,
+            name_speaker(data.speaker_id, identity),
         )
         return (await services.store.get(uid, conversation_id)).to_omi()
 

@@ -23,8 +23,7 @@ from litestar.exceptions import WebSocketDisconnect
 from app.auth import AuthError, resolve_uid
 from ingest.decode import make_decoder
 from ingest.errors import DecodeError, IngestError, UnsupportedAudioError
-from ingest.segments import speaker_name
-from ingest.speakers import apply_identity
+from ingest.speakers import identity_fields, name_speaker
 from ingest.stream import LiveStream
 
 if TYPE_CHECKING:
@@ -283,7 +282,7 @@ async def _speaker_assigned(payload: dict[str, Any], session: _Session, services
     await services.conversations.relabel(
         uid,
         current.id,
-        lambda s: apply_identity(s, s.speaker_id, identity) if s.speaker_id == speaker_id else s,
+        name_speaker(speaker_id, identity),
     )
     services.metrics.inc("speaker_assignments_total")
 
@@ -291,12 +290,7 @@ async def _speaker_assigned(payload: dict[str, Any], session: _Session, services
 def _with_identity(segment: AbsoluteSegment, identity: Identity | None) -> AbsoluteSegment:
     if identity is None:
         return segment
-    return msgspec.structs.replace(
-        segment,
-        is_user=identity.is_user,
-        person_id=identity.person_id,
-        speaker_name=speaker_name(segment.speaker_id, is_user=identity.is_user, name=identity.name),
-    )
+    return msgspec.structs.replace(segment, **identity_fields(segment.speaker_id, identity))
 
 
 async def _announce(
@@ -323,7 +317,7 @@ async def _announce(
         await services.conversations.relabel(
             uid,
             current.id,
-            lambda s: apply_identity(s, s.speaker_id, identity) if s.speaker_id == speaker_id else s,
+            name_speaker(speaker_id, identity),
         )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     from ingest.diarize.embedded import EmbeddedDiarizer
     from memory.speakers import SpeakerProfile, SpeakerStore
 
-__all__ = ["LiveSpeakers", "apply_identity", "match_profiles"]
+__all__ = ["LiveSpeakers", "apply_identity", "identity_fields", "match_profiles", "name_speaker"]
 
 log = logging.getLogger(__name__)
 
@@ -62,18 +63,27 @@ def identity_of(profile: SpeakerProfile) -> Identity:
     return Identity(person_id=profile.id, name=profile.name, is_user=False, profile_id=profile.id)
 
 
+def identity_fields(speaker_id: int, identity: Identity | None) -> dict[str, Any]:
+    """The segment fields that say who ``speaker_id`` is: ``is_user``, ``person_id`` and ``speaker_name``."""
+    return {
+        "is_user": identity.is_user if identity else False,
+        "person_id": identity.person_id if identity else None,
+        "speaker_name": speaker_name(
+            speaker_id, is_user=identity.is_user if identity else False, name=identity.name if identity else None
+        ),
+    }
+
+
 def apply_identity(segment: TranscriptSegment, speaker_id: int, identity: Identity | None) -> TranscriptSegment:
     """``segment`` attributed to ``speaker_id`` and, when known, to who that is."""
     return msgspec.structs.replace(
-        segment,
-        speaker=speaker_label(speaker_id),
-        speaker_id=speaker_id,
-        is_user=identity.is_user if identity else False,
-        person_id=identity.person_id if identity else None,
-        speaker_name=speaker_name(
-            speaker_id, is_user=identity.is_user if identity else False, name=identity.name if identity else None
-        ),
+        segment, speaker=speaker_label(speaker_id), speaker_id=speaker_id, **identity_fields(speaker_id, identity)
     )
+
+
+def name_speaker(speaker_id: int, identity: Identity) -> Callable[[TranscriptSegment], TranscriptSegment]:
+    """A change for :meth:`ConversationManager.relabel`: ``speaker_id``'s segments now say who they are."""
+    return lambda s: apply_identity(s, speaker_id, identity) if s.speaker_id == speaker_id else s
 
 
 @dataclass

@@ -25,7 +25,7 @@ from ingest.diarize.base import SpeakerTurn
 from ingest.diarize.live import SpeakerTracker, TimedSpan
 from ingest.metrics import Metrics
 from ingest.schema import SAMPLE_RATE, AsrSegment
-from ingest.segments import speaker_name
+from ingest.speakers import identity_fields
 from ingest.vad import Endpointer, SileroVad, UtteranceAudio, VadParams
 
 if TYPE_CHECKING:
@@ -99,14 +99,8 @@ class Transcriber:
                     start=origin + seg.start,
                     end=origin + seg.end,
                     speaker_id=speaker_id,
-                    is_user=identity.is_user if identity else False,
-                    person_id=identity.person_id if identity else None,
-                    speaker_name=speaker_name(
-                        speaker_id,
-                        is_user=identity.is_user if identity else False,
-                        name=identity.name if identity else None,
-                    ),
                     stt_provider=self.asr.name,
+                    **identity_fields(speaker_id, identity),
                 )
             )
         return out

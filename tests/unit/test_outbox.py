@@ -6,7 +6,6 @@ import random
 import time
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy.exc import IntegrityError
@@ -18,13 +17,9 @@ from memory.store import ConversationStore
 SINKS = ("letta", "index")
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ConversationStore]:
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'db' / 'test.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-    opened = await ConversationStore.open(url, sinks=SINKS)
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[ConversationStore]:
+    opened = await ConversationStore.open(database_url, sinks=SINKS)
     yield opened
     await opened.close()
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,13 +14,9 @@ from memory.speakers import EMBEDDING_DIM, MAX_WEIGHT_S, SpeakerStore
 from memory.store import ConversationStore
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-async def speakers(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SpeakerStore]:
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'db' / 'test.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-    conversations = await ConversationStore.open(url)
+@pytest.fixture
+async def speakers(database_url: str) -> AsyncIterator[SpeakerStore]:
+    conversations = await ConversationStore.open(database_url)
     yield SpeakerStore(conversations.engine)
     await conversations.close()
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -13,13 +12,9 @@ from memory.errors import NotFoundError
 from memory.store import ConversationStore
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ConversationStore]:
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'db' / 'test.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-    opened = await ConversationStore.open(url)
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[ConversationStore]:
+    opened = await ConversationStore.open(database_url)
     yield opened
     await opened.close()
 
