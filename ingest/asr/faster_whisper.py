@@ -146,6 +146,8 @@ class FasterWhisper(SpeechToText):
         avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1) if tokens else 0.0
         if result.no_speech_prob > NO_SPEECH_THRESHOLD and avg_logprob < LOGPROB_THRESHOLD:
             return ""
+        if not any(c.isalnum() for c in text):  # a lone "." or "..." for silence: nothing was said
+            return ""
         encoded = text.encode()
         compression = len(encoded) / len(zlib.compress(encoded)) if encoded else 0.0
         if compression > COMPRESSION_THRESHOLD or avg_logprob < LOGPROB_THRESHOLD or len(tokens) >= MAX_TOKENS - 4:
