@@ -42,6 +42,7 @@ __all__ = ["create_app"]
 def configure_logging(level: str) -> None:
     """Plain, timestamped logs. Transcript text and audio are never logged."""
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLevelName(level)))  # a line per request
 
 
 def create_app(

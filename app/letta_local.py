@@ -138,6 +138,8 @@ class LocalLetta:
         root: the directory holding the environment, the database and the logs.
         port: the server's port on 127.0.0.1.
         password: when set, the server requires it as the API key (``LETTA_SERVER_SECURE``).
+        service: ``(base_url, api_key)`` of the OpenAI-compatible API the server's agents embed with
+            (this service's ``/v1``); the server sends that key with every embedding request.
         venv: the virtual environment to use or create; default ``root/venv``.
         progress: called with one line per step (default: nothing).
     """
@@ -148,12 +150,14 @@ class LocalLetta:
         port: int = 8283,
         *,
         password: str = "",
+        service: tuple[str, str] | None = None,
         venv: Path | None = None,
         progress: Callable[[str], None] | None = None,
     ) -> None:
         self.root = root.resolve()
         self.port = port
         self.password = password
+        self.service = service
         self.venv = (venv or self.root / "venv").resolve()
         self.logs = self.root / "logs"
         self._progress = progress or (lambda _line: None)
@@ -211,6 +215,23 @@ class LocalLetta:
 
     def stop(self) -> None:
         """Stop the server, then PostgreSQL. Safe to call more than once."""
+        self.stop_server()
+        if self._pg_started:
+            self._pg_started = False
+            self._progress("stopping PostgreSQL")
+            with contextlib.suppress(LocalLettaError):
+                self._pg("stopping PostgreSQL", "pg_ctl", "-D", str(self.pg_root / "data"), "-m", "fast", "-w", "stop")
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def restart_server(self, timeout_s: float = 240.0) -> None:
+        """Start the server again after :meth:`stop_server` (PostgreSQL kept running)."""
+        self.stop_server()
+        self._start_server(timeout_s)
+
+    def stop_server(self) -> None:
+        """Stop the Letta server only; PostgreSQL keeps running."""
         server, self._server = self._server, None
         if server is not None and server.poll() is None:
             self._progress("stopping the Letta server")
@@ -223,14 +244,11 @@ class LocalLetta:
                     os.killpg(server.pid, signal.SIGKILL)
                 server.wait()
             self._server_pid_file.unlink(missing_ok=True)
-        if self._pg_started:
-            self._pg_started = False
-            self._progress("stopping PostgreSQL")
-            with contextlib.suppress(LocalLettaError):
-                self._pg("stopping PostgreSQL", "pg_ctl", "-D", str(self.pg_root / "data"), "-m", "fast", "-w", "stop")
-        if self._lock is not None:
-            self._lock.close()
-            self._lock = None
+
+    def signal_server(self, signum: int) -> None:
+        """Send ``signum`` to the server's process group (tests pause it with SIGSTOP, resume with SIGCONT)."""
+        if self._server is not None:
+            os.killpg(self._server.pid, signum)
 
     def wait(self) -> int:
         """Block until the server exits; its exit status."""
@@ -416,6 +434,12 @@ class LocalLetta:
             LETTA_TELEMETRY_ENABLE_DATADOG="false",
             PATH=f"{self.venv / 'bin'}{os.pathsep}{env.get('PATH', '')}",
         )
+        # No provider key of ours may reach the server: with one it would call that cloud at startup.
+        for name in [k for k in env if k.endswith("_API_KEY") or k in ("OPENAI_BASE_URL", "OPENAI_API_BASE")]:
+            del env[name]
+        if self.service is not None:
+            # The openai provider then lists models at this URL, and embeddings carry this key.
+            env.update(OPENAI_BASE_URL=self.service[0], OPENAI_API_KEY=self.service[1])
         if self.password:
             env.update(LETTA_SERVER_SECURE="true", LETTA_SERVER_PASSWORD=self.password)
         else:
@@ -540,7 +564,7 @@ def _uv_env() -> dict[str, str]:
     return env
 
 
-def run_forever(root: Path, port: int, password: str = "") -> int:
+def run_forever(root: Path, port: int, password: str = "", service: tuple[str, str] | None = None) -> int:
     """``omi-letta letta-local``: start, print where things are, and stop both on Ctrl-C or SIGTERM."""
 
     def say(line: str) -> None:
@@ -555,7 +579,7 @@ def run_forever(root: Path, port: int, password: str = "") -> int:
     # Make a backgrounded run (`make run`) stop on SIGINT and SIGTERM as well.
     signal.signal(signal.SIGINT, interrupt)
     signal.signal(signal.SIGTERM, interrupt)
-    letta = LocalLetta(root, port, password=password, progress=say)
+    letta = LocalLetta(root, port, password=password, service=service, progress=say)
     try:
         url = letta.start()
         say(f"ready: LETTA_BASE_URL={url}  (data: {letta.pg_root / 'data'}, logs: {letta.logs}); Ctrl-C stops it")

@@ -64,6 +64,11 @@ async def health(services: Services) -> dict[str, Any]:
         "stt": services.transcriber.asr.name,
         "database": services.store.dialect,
         "streams_active": int(services.metrics.gauges.get("streams_active", 0)),
+        "delivery": {
+            "sinks": list(services.store.sinks),
+            "here": services.delivery_lock is not None,
+            "letta": services.settings.letta.url if "letta" in services.store.sinks else None,
+        },
     }
 
 

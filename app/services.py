@@ -15,7 +15,10 @@ from ingest.metrics import Metrics
 from ingest.speakers import LiveSpeakers
 from ingest.stream import Transcriber
 from ingest.vad import SileroVad, VadParams, load_vad
+from memory.delivery import Deliverer, DeliveryLock
+from memory.outbox import Outbox, RetryPolicy
 from memory.search import MemorySearch, open_search
+from memory.sinks import load_sinks
 from memory.speakers import SpeakerStore
 from memory.store import ConversationStore
 
@@ -52,6 +55,10 @@ class Services:
     live_speakers: LiveSpeakers | None  # None when DIARIZER=none
     _voices: EmbeddedDiarizer | None = None
     memory: MemorySearch | None = None  # hybrid memory search; its embedder loads on first use
+    outbox: Outbox | None = None
+    deliverer: Deliverer | None = None  # delivery to the sinks; None when changes are not queued
+    delivery_lock: DeliveryLock | None = None  # held while this process runs the delivery loops
+    _warming: asyncio.Task[object] | None = None
 
     @property
     def voices(self) -> EmbeddedDiarizer:
@@ -62,9 +69,20 @@ class Services:
 
     @classmethod
     async def start(
-        cls, settings: Settings, *, asr: SpeechToText | None = None, diarizer: Diarizer | None = None
+        cls,
+        settings: Settings,
+        *,
+        asr: SpeechToText | None = None,
+        diarizer: Diarizer | None = None,
+        queue: bool = True,
+        deliver: bool = True,
     ) -> Services:
-        """Load models, migrate and open the database, and start the conversation sweeper."""
+        """Load models, migrate and open the database, and start the conversation sweeper.
+
+        With ``queue`` every stored change is queued in the outbox for the configured sinks; with
+        ``deliver`` too, this process runs the delivery loops, unless another process (a running
+        ``omi-letta serve``) holds the data directory's delivery lock.
+        """
         settings.server.data_dir.mkdir(parents=True, exist_ok=True)
         metrics = Metrics()
         for counter in (
@@ -92,7 +110,7 @@ class Services:
         voices = await loading if loading else None
         diarizer = diarizer or load_diarizer(d, vad, voices)
         transcriber = Transcriber(engine, workers=settings.asr.workers, metrics=metrics)
-        store = await ConversationStore.open(settings.database_url)
+        store = await ConversationStore.open(settings.database_url, sinks=settings.sinks if queue else ())
         speakers = SpeakerStore(store.engine)
         live = (
             LiveSpeakers(
@@ -110,13 +128,38 @@ class Services:
         await conversations.start()
         log.info("ready: speech-to-text %s, diarizer %s, database %s", engine.name, diarizer.name, store.dialect)
         memory = open_search(settings.embeddings, settings.vector_index, settings.server.data_dir)
-        return cls(
+        services = cls(
             settings, store, conversations, transcriber, vad, metrics, speakers, diarizer, live, voices, memory=memory
         )
+        if queue:
+            services.outbox, services.deliverer = delivery_for(settings, store, memory, metrics)
+            if deliver:
+                await services.start_delivery()
+        return services
+
+    async def start_delivery(self) -> bool:
+        """Run the delivery loops here if no other process does; whether they run here."""
+        if self.deliverer is None:
+            return False
+        if self.delivery_lock is None:
+            lock = DeliveryLock(self.settings.server.data_dir)
+            if not lock.acquire():
+                log.warning("another process delivers from %s; this one only queues", self.settings.server.data_dir)
+                return False
+            self.delivery_lock = lock
+            self.store.on_enqueue = self.deliverer.wake
+            self.deliverer.start()
+            if self.memory is not None:  # delivery embeds every turn: load the model now, not on the first one
+                self._warming = asyncio.create_task(self.memory.embedder(), name="load-embedder")
+        return True
 
     async def stop(self) -> None:
         """Stop background work and close the database."""
         await self.conversations.stop()
+        if self.deliverer is not None:
+            await self.deliverer.stop()
+        if self.delivery_lock is not None:
+            self.delivery_lock.release()
         self.transcriber.close()
         await self.store.close()
         if self.memory is not None:
@@ -137,3 +180,20 @@ class Services:
         """The conversation timeout to use for a client's request."""
         c = self.settings.conversation
         return clamp_timeout(requested, default=c.default_timeout_s, minimum=c.min_timeout_s)
+
+
+def delivery_for(
+    settings: Settings,
+    store: ConversationStore,
+    memory: MemorySearch,
+    metrics: Metrics,
+    *,
+    sinks: tuple[str, ...] | None = None,
+) -> tuple[Outbox, Deliverer]:
+    """The outbox and a (not yet started) deliverer for ``sinks`` (default: the configured ones)."""
+    d = settings.delivery
+    outbox = Outbox(
+        store.engine, RetryPolicy(max_attempts=d.max_attempts, base_delay_s=d.base_delay_s, max_delay_s=d.max_delay_s)
+    )
+    deliverer = Deliverer(store, outbox, load_sinks(settings, store, memory, sinks), metrics=metrics, poll_s=d.poll_s)
+    return outbox, deliverer

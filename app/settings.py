@@ -17,6 +17,7 @@ __all__ = [
     "AsrSettings",
     "AuthSettings",
     "ConversationSettings",
+    "DeliverySettings",
     "DiarizationSettings",
     "EmbeddingSettings",
     "LettaSettings",
@@ -286,9 +287,51 @@ class LettaSettings:
         "Letta API key, or the password of a self-hosted server; `omi-letta letta-local` requires it when set.",
     )
     local_port: int = setting("LETTA_LOCAL_PORT", 8283, "Port of the local Letta server (`omi-letta letta-local`).")
+    delivery: bool = setting(
+        "LETTA_DELIVERY", True, "Deliver turns to each user's Letta agent (false: store and index only)."
+    )
+    agent_id: str = setting(
+        "LETTA_AGENT_ID",
+        "",
+        "Agent that receives the turns: one id for every user, or `uid=agent-id` pairs separated by commas; "
+        "a user without one gets the agent tagged `omi-uid:<uid>`, created if missing.",
+    )
+    model: str = setting(
+        "LETTA_MODEL",
+        "",
+        "Model handle of agents we create, e.g. `openai/gpt-4o-mini`; empty means this service's own "
+        "OpenAI-compatible endpoint at LETTA_SERVICE_URL.",
+    )
+    embedding: str = setting(
+        "LETTA_EMBEDDING",
+        "",
+        "Embedding handle of agents we create, e.g. `openai/text-embedding-3-small`; empty means this service's "
+        "`/v1/embeddings` (the local model: nothing leaves the machine).",
+    )
+    service_url: str = setting(
+        "LETTA_SERVICE_URL",
+        "",
+        "URL at which the Letta server reaches this service (embeddings); empty means http://127.0.0.1:PORT.",
+    )
+    passage_max_chars: int = setting(
+        "LETTA_PASSAGE_MAX_CHARS", 1500, "Consecutive turns are grouped into one archival passage up to this size."
+    )
+    recent_conversations: int = setting(
+        "LETTA_RECENT_CONVERSATIONS", 10, "Conversations listed in the agent's `recent_conversations` memory block."
+    )
+    notify_on_close: bool = setting(
+        "LETTA_NOTIFY_ON_CLOSE", False, "Also tell the agent in a message when a conversation closes (runs its model)."
+    )
+    timeout_s: float = setting("LETTA_TIMEOUT_S", 30.0, "Timeout of one request to Letta, in s.")
 
     def __post_init__(self) -> None:
         _check_range("LETTA_LOCAL_PORT", self.local_port, 1, 65535)
+        _check_range("LETTA_PASSAGE_MAX_CHARS", self.passage_max_chars, 200, 20_000)
+        _check_range("LETTA_RECENT_CONVERSATIONS", self.recent_conversations, 1, 100)
+        _check_range("LETTA_TIMEOUT_S", self.timeout_s, 1.0, 600.0)
+        if self.service_url and not self.service_url.startswith(("http://", "https://")):
+            raise SettingsError("LETTA_SERVICE_URL must start with http:// or https://")
+        self.agents()  # raises on a malformed LETTA_AGENT_ID
         if self.base_url and not self.base_url.startswith(("http://", "https://")):
             raise SettingsError("LETTA_BASE_URL must start with http:// or https://")
 
@@ -296,6 +339,39 @@ class LettaSettings:
     def url(self) -> str:
         """The effective Letta URL: LETTA_BASE_URL, else the local server."""
         return self.base_url.rstrip("/") or f"http://127.0.0.1:{self.local_port}"
+
+    def agents(self) -> dict[str, str]:
+        """LETTA_AGENT_ID as ``{uid: agent_id}``; the key ``*`` holds the agent of every other user."""
+        value = self.agent_id.strip()
+        if not value:
+            return {}
+        if "=" not in value:
+            return {"*": value}
+        pairs: dict[str, str] = {}
+        for part in value.split(","):
+            uid, sep, agent = (p.strip() for p in part.partition("="))
+            if not sep or not uid or not agent:
+                raise SettingsError(f"LETTA_AGENT_ID: expected uid=agent-id pairs separated by commas, got {part!r}")
+            pairs[uid] = agent
+        return pairs
+
+
+@dataclass(frozen=True)
+class DeliverySettings:
+    """How the outbox retries delivery to Letta and the vector index."""
+
+    max_attempts: int = setting("OUTBOX_MAX_ATTEMPTS", 8, "Failed attempts before a record becomes a dead letter.")
+    base_delay_s: float = setting(
+        "OUTBOX_BASE_DELAY_S", 1.0, "Backoff after the first failure, in s (doubles each time)."
+    )
+    max_delay_s: float = setting("OUTBOX_MAX_DELAY_S", 300.0, "Longest backoff between attempts, in s.")
+    poll_s: float = setting("OUTBOX_POLL_S", 0.5, "How often delivery looks for due records when not woken, in s.")
+
+    def __post_init__(self) -> None:
+        _check_range("OUTBOX_MAX_ATTEMPTS", self.max_attempts, 1, 1000)
+        _check_range("OUTBOX_BASE_DELAY_S", self.base_delay_s, 0.01, 3600.0)
+        _check_range("OUTBOX_MAX_DELAY_S", self.max_delay_s, self.base_delay_s, 86_400.0)
+        _check_range("OUTBOX_POLL_S", self.poll_s, 0.05, 60.0)
 
 
 @dataclass(frozen=True)
@@ -310,8 +386,19 @@ class Settings:
     diarization: DiarizationSettings = field(default_factory=DiarizationSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
     letta: LettaSettings = field(default_factory=LettaSettings)
+    delivery: DeliverySettings = field(default_factory=DeliverySettings)
     embeddings: EmbeddingSettings = field(default_factory=EmbeddingSettings)
     vector_index: VectorIndexSettings = field(default_factory=VectorIndexSettings)
+
+    @property
+    def service_url(self) -> str:
+        """Where the Letta server reaches this service: LETTA_SERVICE_URL, else 127.0.0.1 on PORT."""
+        return self.letta.service_url.rstrip("/") or f"http://127.0.0.1:{self.server.port}"
+
+    @property
+    def sinks(self) -> tuple[str, ...]:
+        """The delivery sinks every stored change is queued for: the vector index, and Letta unless disabled."""
+        return ("index", "letta") if self.letta.delivery else ("index",)
 
     @property
     def database_url(self) -> str:
@@ -332,6 +419,7 @@ SECTIONS: tuple[type, ...] = (
     EmbeddingSettings,
     VectorIndexSettings,
     LettaSettings,
+    DeliverySettings,
 )
 
 

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import time
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, TYPE_CHECKING
 
 from memory.errors import NotFoundError
 
@@ -24,7 +27,7 @@ if TYPE_CHECKING:
     from memory.outbox import Outbox, OutboxRecord
     from memory.store import Conversation, ConversationStore
 
-__all__ = ["Deliverer", "Sink"]
+__all__ = ["Deliverer", "DeliveryLock", "Sink"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,9 @@ class Sink(ABC):
     ) -> None:
         """Apply one record. ``conversation`` is its current state (None once deleted) and ``turns``
         the record's turns as stored now (those still there). Raise to have it retried later."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release clients and connections."""
 
 
 class Deliverer:
@@ -74,13 +80,16 @@ class Deliverer:
             self.metrics.inc(f"delivered_total_{sink.name}", 0.0)
             self.metrics.inc(f"delivery_failures_total_{sink.name}", 0.0)
             self._tasks.append(asyncio.create_task(self._loop(sink), name=f"deliver-{sink.name}"))
+        self._tasks.append(asyncio.create_task(self._report_forever(), name="outbox-gauges"))
 
     async def stop(self) -> None:
-        """Stop the loops; undelivered records stay in the outbox for the next start."""
+        """Stop the loops and close the sinks; undelivered records stay in the outbox for the next start."""
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        for sink in self.sinks:
+            await sink.close()
 
     def wake(self) -> None:
         """New records were queued: look now rather than at the next poll."""
@@ -134,9 +143,66 @@ class Deliverer:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), self.poll_s)
 
+    async def _report_forever(self) -> None:
+        """Keep the gauges fresh even while a sink hangs on a slow request."""
+        while True:
+            with contextlib.suppress(Exception):
+                for sink in self.sinks:
+                    await self.report(sink)
+            await asyncio.sleep(max(self.poll_s, 1.0))
+
     async def report(self, sink: Sink) -> None:
         """Refresh the outbox gauges of ``sink``."""
         stats = (await self.outbox.stats()).get(sink.name, {})
         self.metrics.set_gauge(f"outbox_pending_{sink.name}", stats.get("pending", 0.0))
         self.metrics.set_gauge(f"outbox_oldest_pending_age_seconds_{sink.name}", stats.get("oldest_pending_age_s", 0.0))
         self.metrics.set_gauge(f"outbox_dead_{sink.name}", stats.get("dead", 0.0))
+
+    async def drain(
+        self, ids: list[int], *, progress: Callable[[dict[str, int]], None] | None = None, poll_s: float = 0.2
+    ) -> dict[str, int]:
+        """Wait until records ``ids`` are delivered, dead, or failing (they then wait for a retry).
+
+        The loops may run here or in another process; this only watches the outbox. Returns
+        :meth:`Outbox.progress` at the end.
+        """
+        while True:
+            state = await self.outbox.progress(ids)
+            if progress is not None:
+                progress(state)
+            if state["pending"] == state["failing"]:
+                return state
+            self.wake()
+            await asyncio.sleep(poll_s)
+
+
+class DeliveryLock:
+    """``DATA_DIR/delivery.lock``, held by the one process that delivers from that data directory.
+
+    The local vector index keeps each user's vectors in memory, so only one process may write it:
+    a running ``omi-letta serve`` delivers, and command-line tools only queue.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / "delivery.lock"
+        self._file: IO[str] | None = None
+
+    def acquire(self) -> bool:
+        """Take the lock if it is free; whether we hold it."""
+        if self._file is not None:
+            return True
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = self.path.open("w")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            return False
+        self._file = handle
+        return True
+
+    def release(self) -> None:
+        """Let go of the lock."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None

@@ -4,12 +4,13 @@ StorageError            root; carries ``detail``
 ├── NotFoundError       no such conversation or speaker profile for this user
 ├── ConflictError       the change clashes with what is stored (a speaker name already taken)
 ├── EmbeddingError      the text embedding engine failed or could not be loaded
-└── VectorIndexError    the vector index (local files or Pinecone) failed
+├── VectorIndexError    the vector index (local files or Pinecone) failed
+└── DeliveryError       a delivery sink (Letta) refused a change or could not be reached
 """
 
 from __future__ import annotations
 
-__all__ = ["ConflictError", "EmbeddingError", "NotFoundError", "StorageError", "VectorIndexError"]
+__all__ = ["ConflictError", "DeliveryError", "EmbeddingError", "NotFoundError", "StorageError", "VectorIndexError"]
 
 
 class StorageError(Exception):
@@ -34,3 +35,7 @@ class EmbeddingError(StorageError):
 
 class VectorIndexError(StorageError):
     """The vector index failed (a Pinecone error, a damaged local file)."""
+
+
+class DeliveryError(StorageError):
+    """A delivery sink refused a change or could not be reached; the outbox retries it later."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, LargeBinary, String, Text, func, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-__all__ = ["Base", "ConversationRow", "OutboxRow", "SegmentRow", "SpeakerProfileRow"]
+__all__ = ["Base", "ConversationRow", "LettaPassageRow", "OutboxRow", "SegmentRow", "SpeakerProfileRow"]
 
 
 class Base(DeclarativeBase):
@@ -118,3 +118,28 @@ class OutboxRow(Base):
     updated_at: Mapped[float] = mapped_column(Float)
 
     __table_args__ = (Index("ix_outbox_sink_status_uid", "sink", "status", "uid", "id"),)
+
+
+class LettaPassageRow(Base):
+    """A passage group the Letta sink put (or is putting) into an agent's archival memory.
+
+    ``key`` is the group's content hash, also its ``grp:<key>`` tag in Letta. ``state`` is
+    ``pending`` from just before the insert until Letta answered with ``passage_id``, then
+    ``stored``; a ``pending`` row left by a crash is settled by looking the tag up in Letta.
+    """
+
+    __tablename__ = "letta_passages"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    uid: Mapped[str] = mapped_column(String(128))
+    agent_id: Mapped[str] = mapped_column(String(64))
+    conversation_id: Mapped[str] = mapped_column(String(36))
+    key: Mapped[str] = mapped_column(String(64))
+    passage_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    state: Mapped[str] = mapped_column(String(16))
+    updated_at: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (
+        Index("uq_letta_passages_agent_key", "agent_id", "key", unique=True),
+        Index("ix_letta_passages_agent_conversation", "agent_id", "conversation_id"),
+    )

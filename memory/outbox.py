@@ -67,13 +67,17 @@ def enqueue(
     conversation_id: str,
     turn_ids: list[str] | None = None,
     now: float | None = None,
-) -> None:
-    """Add one record per sink to ``session``; the caller commits it with the change it describes."""
+) -> list[OutboxRow]:
+    """Add one record per sink to ``session``; the caller commits it with the change it describes.
+
+    Returns the rows (their ids are set once the session flushes).
+    """
     if action not in ACTIONS:
         raise ValueError(f"unknown outbox action {action!r}")
     stamp = time.time() if now is None else now
+    rows: list[OutboxRow] = []
     for sink in sinks:
-        session.add(
+        rows.append(
             OutboxRow(
                 uid=uid,
                 sink=sink,
@@ -88,6 +92,8 @@ def enqueue(
                 updated_at=stamp,
             )
         )
+    session.add_all(rows)
+    return rows
 
 
 def _record(row: OutboxRow) -> OutboxRecord:
@@ -188,6 +194,29 @@ class Outbox:
         async with self._sessions() as session, session.begin():
             result: Any = await session.execute(query)
             return int(result.rowcount or 0)
+
+    async def progress(self, ids: list[int]) -> dict[str, int]:
+        """How records ``ids`` stand: ``done``, ``dead``, ``pending`` and, of those, ``failing`` (tried and failed)."""
+        out = {"done": 0, "dead": 0, "pending": 0, "failing": 0}
+        async with self._sessions() as session:
+            for i in range(0, len(ids), 500):
+                query = select(OutboxRow.status, OutboxRow.attempts).where(OutboxRow.id.in_(ids[i : i + 500]))
+                for status, attempts in (await session.execute(query)).all():
+                    out[status] = out.get(status, 0) + 1
+                    if status == "pending" and attempts > 0:
+                        out["failing"] += 1
+        return out
+
+    async def last_error(self, ids: list[int]) -> str | None:
+        """The most recent error among records ``ids``."""
+        query = (
+            select(OutboxRow.last_error)
+            .where(OutboxRow.id.in_(ids[:500]), OutboxRow.last_error.is_not(None))
+            .order_by(OutboxRow.updated_at.desc())
+            .limit(1)
+        )
+        async with self._sessions() as session:
+            return await session.scalar(query)
 
     async def stats(self, *, now: float | None = None) -> dict[str, dict[str, float]]:
         """Per sink: pending records, the oldest pending one's age in seconds, and dead records."""

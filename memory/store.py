@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,7 @@ class ConversationStore:
         self._engine = engine
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
         self.sinks = sinks  # every change is queued in the outbox for each of these
+        self.on_enqueue: Callable[[], None] | None = None  # told after a change was queued (wakes delivery)
 
     @classmethod
     async def open(cls, url: str, *, sinks: tuple[str, ...] = ()) -> ConversationStore:
@@ -220,6 +222,8 @@ class ConversationStore:
                     conversation_id=conversation.id,
                     turn_ids=[seg.id for seg in changed],
                 )
+        if changed:
+            self._queued()
 
     async def touch(self, conversation_id: str, *, timeout_s: int) -> None:
         """Record a (re)connection: update the timeout the client asked for."""
@@ -265,7 +269,9 @@ class ConversationStore:
                 return None
             row.status = "completed"
             enqueue(session, uid=row.uid, sinks=self.sinks, action="closed", conversation_id=row.id)
-            return _from_row(row)
+            completed = _from_row(row)
+        self._queued()
+        return completed
 
     async def get(self, uid: str, conversation_id: str) -> Conversation:
         """One of the user's conversations with its segments.
@@ -294,6 +300,36 @@ class ConversationStore:
             )
             return [_from_row(r) for r in result.scalars().all()], int(total or 0)
 
+    async def recent(self, uid: str, limit: int) -> list[Conversation]:
+        """The user's ``limit`` most recently finished completed conversations, newest first."""
+        async with self._session() as session:
+            result = await session.execute(
+                select(ConversationRow)
+                .where(ConversationRow.uid == uid, ConversationRow.status == "completed")
+                .order_by(ConversationRow.finished_at.desc())
+                .limit(limit)
+            )
+            return [_from_row(r) for r in result.scalars().all()]
+
+    async def keys(
+        self, *, uid: str | None = None, since: float | None = None, include_in_progress: bool = True
+    ) -> list[tuple[str, str, int]]:
+        """``(uid, id, segment count)`` of stored conversations, oldest first, optionally filtered."""
+        query = (
+            select(ConversationRow.uid, ConversationRow.id, func.count(SegmentRow.id))
+            .outerjoin(SegmentRow, SegmentRow.conversation_id == ConversationRow.id)
+            .group_by(ConversationRow.uid, ConversationRow.id, ConversationRow.started_at)
+            .order_by(ConversationRow.started_at)
+        )
+        if uid is not None:
+            query = query.where(ConversationRow.uid == uid)
+        if since is not None:
+            query = query.where(ConversationRow.finished_at >= since)
+        if not include_in_progress:
+            query = query.where(ConversationRow.status == "completed")
+        async with self._session() as session:
+            return [(u, c, int(n)) for u, c, n in (await session.execute(query)).all()]
+
     async def last_completed_id(self, uid: str) -> str | None:
         """Id of the user's most recent completed conversation."""
         async with self._session() as session:
@@ -319,6 +355,33 @@ class ConversationStore:
             enqueue(
                 session, uid=uid, sinks=self.sinks, action="deleted", conversation_id=conversation_id, turn_ids=turn_ids
             )
+        self._queued()
+
+    def _queued(self) -> None:
+        if self.sinks and self.on_enqueue is not None:
+            self.on_enqueue()
+
+    async def requeue(self, uid: str, conversation_id: str, sinks: tuple[str, ...]) -> list[int]:
+        """Queue a stored conversation's turns (and its close) again for ``sinks``; the new record ids.
+
+        Raises:
+            NotFoundError: no such conversation for ``uid``.
+        """
+        async with self._session() as session, session.begin():
+            row = await session.get(ConversationRow, conversation_id)
+            if row is None or row.uid != uid:
+                raise NotFoundError(f"conversation {conversation_id} not found")
+            turn_ids = [s.id for s in row.segments]
+            rows = enqueue(
+                session, uid=uid, sinks=sinks, action="turns", conversation_id=conversation_id, turn_ids=turn_ids
+            )
+            if row.status == "completed":
+                rows += enqueue(session, uid=uid, sinks=sinks, action="closed", conversation_id=conversation_id)
+            await session.flush()
+            ids = [r.id for r in rows]
+        if self.on_enqueue is not None:
+            self.on_enqueue()
+        return ids
 
     async def add_completed(
         self, *, uid: str, source: str, language: str, started_at: float, segments: list[TranscriptSegment], now: float

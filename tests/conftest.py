@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from app.letta_local import LocalLetta, LocalLettaError, default_cache_dir
-from tests.support import ServerProcess, Turn, free_port, have_espeak, synthesize
+from tests.support import ServerProcess, Turn, free_port, have_espeak, synthesize, token
 
 # Short timeouts so lifecycle tests run in seconds; the protocol is otherwise the OMI default.
 FAST = {
@@ -54,7 +54,10 @@ def letta() -> Iterator[LocalLetta]:
     """
     root = Path(os.environ.get("OMI_LETTA_LOCAL_DIR") or default_cache_dir())
     root.mkdir(parents=True, exist_ok=True)
-    server = LocalLetta(root, port=free_port())
+    # Agents of test servers embed through those servers' /v1/embeddings with this key; the model
+    # list is asked of a closed local port, so the server reaches nothing.
+    service = (f"http://127.0.0.1:{free_port()}/v1", token("letta"))
+    server = LocalLetta(root, port=free_port(), service=service)
     scratch: Path | None = None
     try:
         server.start()
@@ -64,7 +67,7 @@ def letta() -> Iterator[LocalLetta]:
         scratch = Path(tempfile.mkdtemp(prefix="omi-letta-letta-"))
         scratch.chmod(0o755)  # PostgreSQL runs as `postgres` when we are root
         shared = root / "venv" if LocalLetta(root).installed() else None
-        server = LocalLetta(scratch, port=free_port(), venv=shared)
+        server = LocalLetta(scratch, port=free_port(), venv=shared, service=service)
         try:
             server.start()
         except LocalLettaError as again:

@@ -1,0 +1,96 @@
+"""The Letta passage ledger: which passage groups each agent holds, kept beside the conversations.
+
+Letta dedupes nothing and its client retries POSTs, so the sink keeps its own record. A row is
+written ``pending`` (committed) before a passage is inserted, and becomes ``stored`` with the
+passage id once Letta answered. A ``pending`` row therefore means "perhaps inserted": the sink
+settles it by looking up the group's ``grp:<key>`` tag in Letta before inserting again. The
+unique ``(agent_id, key)`` index makes the pending row a claim, so two processes never insert
+the same group at once.
+"""
+
+from __future__ import annotations
+
+import time
+
+import msgspec
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+
+from memory.models import LettaPassageRow
+
+__all__ = ["Ledger", "LedgerEntry"]
+
+
+class LedgerEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """One passage group as the ledger knows it."""
+
+    key: str
+    passage_id: str | None
+    state: str  # pending | stored
+    updated_at: float
+
+
+class Ledger:
+    """Reads and writes ``letta_passages``; shares the conversation store's engine."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+
+    async def entries(self, agent_id: str, conversation_id: str) -> dict[str, LedgerEntry]:
+        """The agent's groups of one conversation, by key."""
+        query = select(LettaPassageRow).where(
+            LettaPassageRow.agent_id == agent_id, LettaPassageRow.conversation_id == conversation_id
+        )
+        async with self._sessions() as session:
+            return {
+                r.key: LedgerEntry(key=r.key, passage_id=r.passage_id, state=r.state, updated_at=r.updated_at)
+                for r in (await session.scalars(query)).all()
+            }
+
+    async def claim(self, *, uid: str, agent_id: str, conversation_id: str, keys: list[str]) -> bool:
+        """Write ``pending`` rows for ``keys``; False (nothing written) if any is already claimed."""
+        now = time.time()
+        try:
+            async with self._sessions() as session, session.begin():
+                session.add_all(
+                    LettaPassageRow(
+                        uid=uid,
+                        agent_id=agent_id,
+                        conversation_id=conversation_id,
+                        key=key,
+                        passage_id=None,
+                        state="pending",
+                        updated_at=now,
+                    )
+                    for key in keys
+                )
+        except IntegrityError:
+            return False
+        return True
+
+    async def stored(self, agent_id: str, passages: dict[str, str]) -> None:
+        """Mark groups inserted: ``{key: passage_id}``."""
+        now = time.time()
+        async with self._sessions() as session, session.begin():
+            for key, passage_id in passages.items():
+                await session.execute(
+                    update(LettaPassageRow)
+                    .where(LettaPassageRow.agent_id == agent_id, LettaPassageRow.key == key)
+                    .values(passage_id=passage_id, state="stored", updated_at=now)
+                )
+
+    async def forget(self, agent_id: str, keys: list[str]) -> None:
+        """Drop rows (the groups were deleted from Letta, or never inserted)."""
+        if not keys:
+            return
+        async with self._sessions() as session, session.begin():
+            await session.execute(
+                delete(LettaPassageRow).where(LettaPassageRow.agent_id == agent_id, LettaPassageRow.key.in_(keys))
+            )
+
+    async def count(self, agent_id: str) -> int:
+        """How many groups the ledger holds for the agent."""
+        async with self._sessions() as session:
+            rows = await session.scalars(select(LettaPassageRow.id).where(LettaPassageRow.agent_id == agent_id))
+            return len(rows.all())

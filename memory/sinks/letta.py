@@ -1,0 +1,365 @@
+"""The Letta sink: each user's turns as archival passages of their agent, and a recent-conversations block.
+
+For every outbox record the sink reconciles one conversation: it groups the conversation's
+turns as they are stored now (:func:`~memory.sinks.passages.group_turns`), compares the groups'
+keys with the ledger, inserts the missing groups and deletes the stale ones. Delivering a record
+twice therefore changes nothing, an edited or relabelled turn rewrites only its group, and a
+deleted conversation leaves no passage behind. Inserts are claimed in the ledger first (see
+:mod:`memory.sinks.ledger`), so a crash or a lost reply never yields a second copy: a claim
+that outlived ``stale_s`` is settled by looking the group's tag up in Letta.
+
+Writes to one agent are serialized. The client never retries by itself (``max_retries=0``):
+the outbox does, after the check above.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import httpx
+from letta_client import APIConnectionError, APIError, APIStatusError, APITimeoutError, AsyncLetta
+from letta_client import NotFoundError as LettaNotFound
+
+from memory.delivery import Sink
+from memory.errors import DeliveryError
+from memory.sinks.ledger import Ledger
+from memory.sinks.passages import PassageGroup, group_turns, recent_block, summary_line
+
+if TYPE_CHECKING:
+    from app.settings import Settings
+    from ingest.segments import TranscriptSegment
+    from memory.outbox import OutboxRecord
+    from memory.store import Conversation, ConversationStore
+
+__all__ = ["RECENT_BLOCK", "AgentSpec", "LettaSink"]
+
+log = logging.getLogger(__name__)
+
+RECENT_BLOCK = "recent_conversations"
+RECENT_BLOCK_CHARS = 6000
+BATCH = 100  # passages per insert request
+EmbeddingSpec = Callable[[], Awaitable[tuple[str, int]]]
+"""Returns the name and dimension of the embedding model behind this service's ``/v1/embeddings``."""
+
+
+class AgentSpec:
+    """What an agent we create looks like: model, embedding, memory blocks and tools, from the settings."""
+
+    def __init__(self, settings: Settings, embedding: EmbeddingSpec) -> None:
+        self.model = settings.letta.model
+        self.embedding = settings.letta.embedding
+        self.endpoint = f"{settings.service_url}/v1"
+        self._embedding_spec = embedding
+
+    async def create_args(self, uid: str) -> dict[str, Any]:
+        """Keyword arguments of ``agents.create`` for ``uid``'s agent."""
+        args: dict[str, Any] = {
+            "name": f"omi-{uid}",
+            "description": f"Memory of the conversations heard by OMI user {uid}.",
+            "tags": ["omi", f"omi-uid:{uid}"],
+            "tools": ["archival_memory_search"],
+            "memory_blocks": [
+                {
+                    "label": "human",
+                    "value": "The wearer of an OMI device. In transcripts the wearer is `me`; others go by their "
+                    "name, or `Speaker n` while unknown.",
+                },
+                {
+                    "label": "persona",
+                    "value": "I remember what the wearer heard and said. Their conversations are in my archival "
+                    "memory, one passage per stretch of turns, tagged omi, conv:<id> and speaker:<name>.",
+                },
+                {"label": RECENT_BLOCK, "value": recent_block([], RECENT_BLOCK_CHARS), "limit": RECENT_BLOCK_CHARS},
+            ],
+        }
+        if self.model:
+            args["model"] = self.model
+        else:  # this service's OpenAI-compatible endpoint: nothing leaves the machine
+            args["llm_config"] = {
+                "model": "omi-letta",
+                "model_endpoint_type": "openai",
+                "model_endpoint": self.endpoint,
+                "context_window": 8192,
+            }
+        if self.embedding:
+            args["embedding"] = self.embedding
+        else:
+            name, dim = await self._embedding_spec()
+            args["embedding_config"] = {
+                "embedding_endpoint_type": "openai",
+                "embedding_endpoint": self.endpoint,
+                "embedding_model": name,
+                "embedding_dim": dim,
+                "embedding_chunk_size": 300,
+            }
+        return args
+
+
+@contextlib.asynccontextmanager
+async def _letta(operation: str) -> AsyncIterator[None]:
+    """Translate letta-client errors to :class:`DeliveryError` (status and operation only: no transcript text)."""
+    try:
+        yield
+    except APIStatusError as exc:
+        raise DeliveryError(f"Letta answered {exc.status_code} to {operation}") from exc
+    except APITimeoutError as exc:
+        raise DeliveryError(f"Letta did not answer {operation} in time") from exc
+    except APIConnectionError as exc:
+        raise DeliveryError(f"Letta is unreachable ({operation})") from exc
+    except APIError as exc:
+        raise DeliveryError(f"Letta failed {operation}: {type(exc).__name__}") from exc
+
+
+def _unsent(exc: BaseException) -> bool:
+    """Whether the request surely never reached Letta (no connection could be made)."""
+    cause = exc.__cause__
+    return isinstance(cause, APIConnectionError) and isinstance(cause.__cause__, httpx.ConnectError)
+
+
+class LettaSink(Sink):
+    """Delivers each user's conversations to their Letta agent (see the module docstring)."""
+
+    name = "letta"
+
+    def __init__(
+        self,
+        client: AsyncLetta,
+        store: ConversationStore,
+        spec: AgentSpec,
+        *,
+        agents: dict[str, str] | None = None,
+        passage_max_chars: int = 1500,
+        recent_conversations: int = 10,
+        notify_on_close: bool = False,
+        stale_s: float = 60.0,
+    ) -> None:
+        self.client = client
+        self.store = store
+        self.ledger = Ledger(store.engine)
+        self.spec = spec
+        self.passage_max_chars = passage_max_chars
+        self.recent_conversations = recent_conversations
+        self.notify_on_close = notify_on_close
+        self.stale_s = stale_s
+        self._configured = dict(agents or {})
+        self._agents: dict[str, str] = {}
+        self._archives: dict[str, str] = {}
+        self._uid_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._agent_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, store: ConversationStore, embedding: EmbeddingSpec) -> LettaSink:
+        """The sink for the configured Letta server (LETTA_BASE_URL, else the local one)."""
+        letta = settings.letta
+        client = AsyncLetta(base_url=letta.url, api_key=letta.api_key or None, max_retries=0, timeout=letta.timeout_s)
+        return cls(
+            client,
+            store,
+            AgentSpec(settings, embedding),
+            agents=letta.agents(),
+            passage_max_chars=letta.passage_max_chars,
+            recent_conversations=letta.recent_conversations,
+            notify_on_close=letta.notify_on_close,
+            stale_s=2 * letta.timeout_s,
+        )
+
+    async def close(self) -> None:
+        """Close the HTTP client."""
+        await self.client.close()
+
+    # --- Sink -------------------------------------------------------------------------------
+
+    async def deliver(
+        self, record: OutboxRecord, conversation: Conversation | None, turns: list[TranscriptSegment]
+    ) -> None:
+        agent = await self.agent_for(record.uid)
+        async with self._agent_locks[agent]:
+            if record.action == "deleted":
+                conversation = None
+            if record.action in ("turns", "deleted"):
+                await self.sync(agent, record.uid, record.conversation_id, conversation)
+            if record.action == "deleted":
+                await self._sweep(agent, record.conversation_id)
+            if record.action in ("closed", "deleted"):
+                await self.refresh_recent(agent, record.uid)
+            if record.action == "closed" and self.notify_on_close and conversation is not None:
+                await self._notify(agent, record.uid, conversation)
+
+    # --- agents -----------------------------------------------------------------------------
+
+    async def agent_for(self, uid: str) -> str:
+        """The agent of ``uid``: the configured one, else the one tagged ``omi-uid:<uid>``, else a new one."""
+        if uid in self._agents:
+            return self._agents[uid]
+        async with self._uid_locks[uid]:
+            if uid in self._agents:
+                return self._agents[uid]
+            agent = self._configured.get(uid) or self._configured.get("*")
+            if agent is None:
+                async with _letta("listing agents"):
+                    page = await self.client.agents.list(tags=[f"omi-uid:{uid}"], match_all_tags=True, limit=1)
+                found = list(page.items)
+                if found:
+                    agent = found[0].id
+                else:
+                    args = await self.spec.create_args(uid)
+                    async with _letta("creating an agent"):
+                        agent = (await self.client.agents.create(**args)).id
+                    log.info("created Letta agent %s for uid %s", agent, uid)
+            self._agents[uid] = agent
+            return agent
+
+    # --- passages ---------------------------------------------------------------------------
+
+    async def sync(self, agent: str, uid: str, conversation_id: str, conversation: Conversation | None) -> int:
+        """Make the agent hold exactly the conversation's current passage groups; returns how many were inserted.
+
+        Raises:
+            DeliveryError: Letta failed, or another process is inserting these groups right now.
+        """
+        desired = {g.key: g for g in group_turns(conversation, self.passage_max_chars)} if conversation else {}
+        known = await self.ledger.entries(agent, conversation_id)
+        stored = {k: e.passage_id for k, e in known.items() if e.state == "stored" and e.passage_id}
+        pending = [k for k, e in known.items() if e.state == "pending"]
+        if pending:
+            young = [k for k in pending if time.time() - known[k].updated_at < self.stale_s]
+            if young:
+                raise DeliveryError(f"{len(young)} passage(s) of this conversation may still be in flight; retrying")
+            stored.update(await self._settle(agent, pending))
+        missing = [g for k, g in desired.items() if k not in stored]
+        if missing:
+            if not await self.ledger.claim(
+                uid=uid, agent_id=agent, conversation_id=conversation_id, keys=[g.key for g in missing]
+            ):
+                raise DeliveryError("another process is inserting passages of this conversation; retrying")
+            try:
+                inserted = await self._insert(agent, missing)
+            except DeliveryError as exc:
+                if _unsent(exc):
+                    await self.ledger.forget(agent, [g.key for g in missing])
+                raise
+            await self.ledger.stored(agent, inserted)
+        stale = {k: pid for k, pid in stored.items() if k not in desired}
+        for key, passage_id in stale.items():
+            await self._delete_passage(agent, passage_id)
+            await self.ledger.forget(agent, [key])
+        return len(missing)
+
+    async def _settle(self, agent: str, keys: list[str]) -> dict[str, str]:
+        """Resolve claims a crash or a lost reply left behind: keep what Letta has, forget the rest."""
+        found: dict[str, list[str]] = defaultdict(list)
+        for i in range(0, len(keys), 50):
+            tags = [f"grp:{k}" for k in keys[i : i + 50]]
+            async with _letta("looking up passages by tag"):
+                hits = await self.client.passages.search(agent_id=agent, tags=tags, tag_match_mode="any", limit=100)
+            for hit in hits:
+                for tag in hit.passage.tags or []:
+                    if tag.startswith("grp:") and hit.passage.id:
+                        found[tag[4:]].append(hit.passage.id)
+        settled: dict[str, str] = {}
+        for key in keys:
+            ids = sorted(set(found.get(key, [])))
+            if ids:
+                settled[key] = ids[0]
+                for extra in ids[1:]:  # only if an earlier version double-inserted
+                    await self._delete_passage(agent, extra)
+        await self.ledger.stored(agent, settled)
+        await self.ledger.forget(agent, [k for k in keys if k not in settled])
+        log.info("settled %d unconfirmed passage insert(s): %d were in Letta", len(keys), len(settled))
+        return settled
+
+    async def _insert(self, agent: str, groups: list[PassageGroup]) -> dict[str, str]:
+        """Insert groups; ``{key: passage_id}``. Many at once go through the agent's archive in one request."""
+        out: dict[str, str] = {}
+        archive = self._archives.get(agent) or await self._archive(agent)
+        if archive is None or len(groups) == 1:
+            first, groups = groups[0], groups[1:]
+            async with _letta("inserting a passage"):
+                created = await self.client.agents.passages.create(
+                    agent, text=first.text, created_at=first.created_at, tags=first.tags
+                )
+            if not created or not created[0].id:
+                raise DeliveryError("Letta's insert returned no passage")
+            out[first.key] = created[0].id
+            if groups:
+                archive = await self._archive(agent)
+        for i in range(0, len(groups), BATCH):
+            chunk = groups[i : i + BATCH]
+            assert archive is not None
+            async with _letta("inserting passages"):
+                created_many = await self.client.archives.passages.create_many(
+                    archive,
+                    passages=[{"text": g.text, "created_at": g.created_at, "tags": g.tags} for g in chunk],
+                )
+            by_tag = {t[4:]: p.id for p in created_many for t in (p.tags or []) if t.startswith("grp:") and p.id}
+            for group in chunk:
+                if group.key not in by_tag:
+                    raise DeliveryError("Letta's batch insert did not return every passage")
+                out[group.key] = by_tag[group.key]
+        return out
+
+    async def _archive(self, agent: str) -> str | None:
+        """The agent's archive id (Letta makes it on the first insert)."""
+        async with _letta("finding the agent's archive"):
+            page = await self.client.archives.list(agent_id=agent, limit=1)
+        items = list(page.items)
+        if items:
+            self._archives[agent] = items[0].id
+            return items[0].id
+        return None
+
+    async def _delete_passage(self, agent: str, passage_id: str) -> None:
+        with contextlib.suppress(LettaNotFound):
+            async with _letta("deleting a passage"):
+                await self.client.agents.passages.delete(passage_id, agent_id=agent)
+
+    async def _sweep(self, agent: str, conversation_id: str) -> None:
+        """Delete any passage still tagged with a deleted conversation (one the ledger did not know)."""
+        while True:
+            async with _letta("looking up passages by tag"):
+                hits = await self.client.passages.search(agent_id=agent, tags=[f"conv:{conversation_id}"], limit=100)
+            if not hits:
+                return
+            for hit in hits:
+                if hit.passage.id:
+                    await self._delete_passage(agent, hit.passage.id)
+
+    async def passages(self, agent: str, conversation_id: str) -> list[Any]:
+        """The agent's passages of one conversation (tests and ``omi-letta outbox``)."""
+        async with _letta("looking up passages by tag"):
+            hits = await self.client.passages.search(agent_id=agent, tags=[f"conv:{conversation_id}"], limit=100)
+        return [h.passage for h in hits]
+
+    # --- core memory --------------------------------------------------------------------------
+
+    async def refresh_recent(self, agent: str, uid: str) -> str:
+        """Rewrite the agent's ``recent_conversations`` block from the store; returns its value."""
+        value = recent_block(await self.store.recent(uid, self.recent_conversations), RECENT_BLOCK_CHARS)
+        try:
+            async with _letta("updating the recent_conversations block"):
+                await self.client.agents.blocks.update(RECENT_BLOCK, agent_id=agent, value=value)
+        except DeliveryError as exc:
+            if not isinstance(exc.__cause__, LettaNotFound):
+                raise
+            async with _letta("creating the recent_conversations block"):
+                block = await self.client.blocks.create(label=RECENT_BLOCK, value=value, limit=RECENT_BLOCK_CHARS)
+                await self.client.agents.blocks.attach(block.id, agent_id=agent)
+        return value
+
+    async def _notify(self, agent: str, uid: str, conversation: Conversation) -> None:
+        """Tell the agent a conversation ended, at most once (a claimed ledger row marks it sent)."""
+        key = f"notify:{conversation.id}"[:64]
+        if not await self.ledger.claim(uid=uid, agent_id=agent, conversation_id=conversation.id, keys=[key]):
+            return
+        text = f"[automated note from omi-letta] A conversation just ended: {summary_line(conversation)[2:]}"
+        async with _letta("notifying the agent"):
+            await self.client.agents.messages.create(
+                agent, messages=[{"role": "user", "content": text}], timeout=max(120.0, self.stale_s)
+            )
+        await self.ledger.stored(agent, {key: "message"})

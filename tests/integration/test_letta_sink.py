@@ -1,0 +1,220 @@
+"""The Letta sink against the real local Letta server: passages, tags, times, the block, exactly once."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import datetime
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import msgspec
+import pytest
+from letta_client import AsyncLetta
+
+from app.letta_local import LocalLetta
+from app.settings import load_settings
+from ingest.segments import TranscriptSegment
+from memory.errors import DeliveryError
+from memory.outbox import OutboxRecord
+from memory.sinks.letta import RECENT_BLOCK, LettaSink
+from memory.sinks.passages import group_turns
+from memory.store import Conversation, ConversationStore
+from tests.memory_support import SAMPLE_LINES, SAMPLE_SPEAKERS, T0
+from tests.support import StandInEmbeddings, free_port
+
+
+@pytest.fixture(scope="module")
+def embeddings() -> Iterator[StandInEmbeddings]:
+    server = StandInEmbeddings(dim=384).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[ConversationStore]:
+    opened = await ConversationStore.open(f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}", sinks=("letta",))
+    yield opened
+    await opened.close()
+
+
+def make_sink(letta: LocalLetta, store: ConversationStore, embeddings: StandInEmbeddings, **env: str) -> LettaSink:
+    settings = load_settings(
+        {
+            "LETTA_BASE_URL": letta.base_url,
+            "LETTA_SERVICE_URL": embeddings.url.removesuffix("/v1"),
+            "LETTA_TIMEOUT_S": "20",
+            **env,
+        },
+        env_file=None,
+    )
+
+    async def spec() -> tuple[str, int]:
+        return "stand-in", embeddings.dim
+
+    return LettaSink.from_settings(settings, store, spec)
+
+
+async def stored_sample(store: ConversationStore, uid: str, lines: int = len(SAMPLE_LINES)) -> Conversation:
+    segments = [
+        TranscriptSegment(
+            text=text,
+            speaker=f"SPEAKER_{int(who == 'Sheila')}",
+            speaker_id=int(who == "Sheila"),
+            is_user=False,
+            start=3.0 * i,
+            end=3.0 * i + 2.5,
+            speaker_name=who,
+        )
+        for i, (who, text) in enumerate(zip(SAMPLE_SPEAKERS[:lines], SAMPLE_LINES[:lines], strict=True))
+    ]
+    return await store.add_completed(uid=uid, source="omi", language="en", started_at=T0, segments=segments, now=T0)
+
+
+def record(conversation: Conversation, action: str = "turns", uid: str | None = None) -> OutboxRecord:
+    return OutboxRecord(
+        id=0,
+        uid=uid or conversation.uid,
+        sink="letta",
+        action=action,
+        conversation_id=conversation.id,
+        turn_ids=[s.id for s in conversation.segments],
+        status="pending",
+        attempts=0,
+        next_attempt_at=0.0,
+        last_error=None,
+        created_at=time.time(),
+    )
+
+
+async def agent_passages(client: AsyncLetta, agent: str) -> list:
+    page = await client.agents.passages.list(agent, limit=1000)
+    return list(page)
+
+
+def expected_texts(conversation: Conversation, max_chars: int = 1500) -> list[str]:
+    return sorted(g.text for g in group_turns(conversation, max_chars))
+
+
+async def test_turns_become_tagged_passages_once_and_the_block_follows(
+    letta: LocalLetta, store: ConversationStore, embeddings: StandInEmbeddings
+):
+    sink = make_sink(letta, store, embeddings, LETTA_PASSAGE_MAX_CHARS="300")
+    uid = f"sink-{uuid.uuid4().hex[:8]}"
+    conversation = await stored_sample(store, uid)
+    try:
+        await sink.deliver(record(conversation), conversation, conversation.segments)
+        await sink.deliver(record(conversation, "closed"), conversation, [])
+        agent = await sink.agent_for(uid)
+        passages = await agent_passages(sink.client, agent)
+        groups = group_turns(conversation, 300)
+        assert len(groups) > 1, "300 characters make several groups of the sample"
+        assert sorted(p.text for p in passages) == sorted(g.text for g in groups)
+        by_text = {p.text: p for p in passages}
+        for group in groups:
+            passage = by_text[group.text]
+            tags = set(passage.tags or [])
+            assert {"omi", f"conv:{conversation.id}", f"grp:{group.key}"} <= tags
+            assert {f"turn:{t}" for t in group.turn_ids} <= tags
+            assert any(t.startswith("speaker:") for t in tags)
+            spoken = datetime.fromisoformat(group.created_at).timestamp()
+            assert passage.created_at is not None and abs(passage.created_at.timestamp() - spoken) < 1
+        first = by_text[groups[0].text]
+        assert abs(first.created_at.timestamp() - T0) < 1, "created_at is when the words were spoken"
+        assert "[2025-10-28 10:02] Diane: Hello?" in groups[0].text
+        assert any("Sheila: And I'm Sheila in Texas" in p.text for p in passages)
+
+        block = await sink.client.agents.blocks.retrieve(RECENT_BLOCK, agent_id=agent)
+        assert f"conv:{conversation.id}" in block.value and "Diane" in block.value and "Sheila" in block.value
+
+        # The same records again (a crash after Letta accepted them): nothing changes.
+        await sink.deliver(record(conversation), conversation, conversation.segments)
+        again = await agent_passages(sink.client, agent)
+        assert sorted(p.id for p in again) == sorted(p.id for p in passages)
+    finally:
+        await sink.close()
+
+
+async def test_a_changed_turn_rewrites_only_its_group(
+    letta: LocalLetta, store: ConversationStore, embeddings: StandInEmbeddings
+):
+    sink = make_sink(letta, store, embeddings, LETTA_PASSAGE_MAX_CHARS="300")
+    uid = f"sink-{uuid.uuid4().hex[:8]}"
+    conversation = await stored_sample(store, uid)
+    try:
+        await sink.deliver(record(conversation), conversation, conversation.segments)
+        agent = await sink.agent_for(uid)
+        before = {p.text: p.id for p in await agent_passages(sink.client, agent)}
+        last = conversation.segments[-1]
+        relabelled = msgspec.structs.replace(last, speaker_name="Diane Smith")
+        conversation.segments[-1] = relabelled
+        await store.save_segments(conversation, [relabelled], last_speech_at=T0)
+        changed = record(conversation)
+        await sink.deliver(changed, conversation, [relabelled])
+        after = {p.text: p.id for p in await agent_passages(sink.client, agent)}
+        assert sorted(after) == expected_texts(conversation, 300)
+        kept = set(before) & set(after)
+        assert len(kept) == len(after) - 1, "every group but the last is untouched"
+        assert all(before[t] == after[t] for t in kept)
+        assert any("Diane Smith: Oh, I don't hear that in New Jersey now." in t for t in after)
+    finally:
+        await sink.close()
+
+
+async def test_a_deleted_conversation_leaves_no_passage_and_leaves_the_block(
+    letta: LocalLetta, store: ConversationStore, embeddings: StandInEmbeddings
+):
+    sink = make_sink(letta, store, embeddings)
+    uid = f"sink-{uuid.uuid4().hex[:8]}"
+    kept = await stored_sample(store, uid, lines=4)
+    gone = await stored_sample(store, uid)
+    try:
+        for c in (kept, gone):
+            await sink.deliver(record(c), c, c.segments)
+            await sink.deliver(record(c, "closed"), c, [])
+        agent = await sink.agent_for(uid)
+        await store.delete(uid, gone.id)
+        await sink.deliver(record(gone, "deleted"), None, [])
+        left = await agent_passages(sink.client, agent)
+        assert [p.text for p in left] == expected_texts(kept)
+        block = await sink.client.agents.blocks.retrieve(RECENT_BLOCK, agent_id=agent)
+        assert f"conv:{kept.id}" in block.value and f"conv:{gone.id}" not in block.value
+    finally:
+        await sink.close()
+
+
+async def test_an_insert_whose_reply_was_lost_is_found_not_repeated(
+    letta: LocalLetta, store: ConversationStore, embeddings: StandInEmbeddings
+):
+    sink = make_sink(letta, store, embeddings)
+    uid = f"sink-{uuid.uuid4().hex[:8]}"
+    conversation = await stored_sample(store, uid)
+    try:
+        agent = await sink.agent_for(uid)
+        groups = group_turns(conversation, sink.passage_max_chars)
+        # A crash between Letta's insert and the ledger's confirmation: claimed, inserted, never marked.
+        assert await sink.ledger.claim(uid=uid, agent_id=agent, conversation_id=conversation.id, keys=[groups[0].key])
+        await sink._insert(agent, groups[:1])
+        with pytest.raises(DeliveryError, match="in flight"):
+            await sink.deliver(record(conversation), conversation, conversation.segments)
+        sink.stale_s = 0.0  # the claim is now older than any request could take
+        await sink.deliver(record(conversation), conversation, conversation.segments)
+        passages = await agent_passages(sink.client, agent)
+        assert sorted(p.text for p in passages) == expected_texts(conversation), "no duplicate"
+        assert (await sink.ledger.entries(agent, conversation.id)).keys() == {g.key for g in groups}
+    finally:
+        await sink.close()
+
+
+async def test_an_unreachable_letta_is_a_delivery_error_and_claims_nothing(
+    store: ConversationStore, embeddings: StandInEmbeddings, tmp_path: Path
+):
+    dead = LocalLetta(tmp_path, port=free_port())  # never started: nothing listens on its port
+    sink = make_sink(dead, store, embeddings, LETTA_AGENT_ID="agent-00000000-0000-4000-8000-000000000000")
+    conversation = await stored_sample(store, "offline")
+    try:
+        with pytest.raises(DeliveryError, match="unreachable"):
+            await sink.deliver(record(conversation), conversation, conversation.segments)
+        assert await sink.ledger.entries("agent-00000000-0000-4000-8000-000000000000", conversation.id) == {}
+    finally:
+        await sink.close()
