@@ -1,4 +1,4 @@
-"""The ``omi-letta`` command: ``serve``, ``ingest``, ``enroll``, ``speakers``, ``simulate`` and ``letta-local``."""
+"""The ``omi-letta`` command: serve, ingest, enroll, speakers, search, outbox, backfill, simulate, letta-local."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import logging
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +40,10 @@ def _parser() -> argparse.ArgumentParser:
     ingest.add_argument("--language", default="en", help="spoken language (default: en)")
     ingest.add_argument("--json", action="store_true", help="print the conversations as JSON to stdout")
     ingest.add_argument(
-        "--no-deliver", action="store_true", help="store only; do not queue delivery to Letta and the vector index"
+        "--no-deliver",
+        action="store_true",
+        help="store only; do not queue delivery to Letta and the memory index (queued changes are delivered by "
+        "the running `omi-letta serve`)",
     )
     ingest.add_argument("--speakers", type=int, metavar="N", help="number of speakers, when known (default: estimated)")
     ingest.add_argument(
@@ -66,6 +70,51 @@ def _parser() -> argparse.ArgumentParser:
     speakers = commands.add_parser("speakers", help="list the voice profiles of a user")
     speakers.add_argument("--uid", default="123", help="owner of the profiles (default: 123)")
     speakers.add_argument("--json", action="store_true", help="print the profiles as JSON to stdout")
+
+    search = commands.add_parser(
+        "search",
+        help="search a user's remembered turns (words and meaning)",
+        description="Search a user's turns in the memory index: lexical (names, dates) and vector hits, fused.",
+    )
+    search.add_argument("query", metavar="QUERY")
+    search.add_argument("--uid", required=True, help="whose memory to search")
+    search.add_argument("--limit", type=int, default=10, help="hits to return (default: 10)")
+    search.add_argument("--speaker", help="only turns of this speaker (any case)")
+    search.add_argument("--conversation", metavar="ID", help="only turns of this conversation")
+    search.add_argument("--since", type=_when, metavar="WHEN", help="only turns ending at or after (ISO date/time)")
+    search.add_argument("--until", type=_when, metavar="WHEN", help="only turns starting at or before (ISO date/time)")
+    search.add_argument("--json", action="store_true", help="print the hits as JSON to stdout")
+
+    outbox = commands.add_parser(
+        "outbox",
+        help="list, retry or purge changes waiting for delivery (dead letters)",
+        description="Every stored change waits in the outbox until each sink (the memory index, Letta) accepted "
+        "it. After OUTBOX_MAX_ATTEMPTS failures a record is dead: it no longer holds up the user's later "
+        "records. List them, retry them once the cause is fixed, or purge them.",
+    )
+    verbs = outbox.add_subparsers(dest="verb", required=True, metavar="VERB")
+    listing = verbs.add_parser("list", help="list records (default: pending and dead)")
+    listing.add_argument("--status", choices=("pending", "dead", "done", "all"), help="only records of this status")
+    listing.add_argument("--uid", help="only this user's records")
+    listing.add_argument("--sink", choices=("index", "letta"), help="only this sink's records")
+    listing.add_argument("--limit", type=int, default=100, help="at most this many (default: 100)")
+    listing.add_argument("--json", action="store_true", help="print the records as JSON to stdout")
+    for verb, text in (("retry", "make dead records pending again, due now"), ("purge", "delete dead records")):
+        cmd = verbs.add_parser(verb, help=text)
+        which = cmd.add_mutually_exclusive_group(required=True)
+        which.add_argument("ids", nargs="*", type=int, default=[], metavar="ID", help="record ids")
+        which.add_argument("--all", action="store_true", help="every dead record")
+
+    backfill = commands.add_parser(
+        "backfill",
+        help="deliver stored conversations again (a new or changed agent or index)",
+        description="Queue stored conversations for delivery again and wait until they are delivered. Delivery "
+        "is idempotent: what the agent and the index already hold is left alone, what is missing is added. "
+        "A running `omi-letta serve` delivers them; otherwise this command does.",
+    )
+    backfill.add_argument("--uid", help="only this user's conversations (default: everyone's)")
+    backfill.add_argument("--since", type=_when, metavar="WHEN", help="only conversations ending at or after this")
+    backfill.add_argument("--sink", choices=("index", "letta"), help="only this sink (default: every configured one)")
 
     sim = commands.add_parser("simulate", help="stream a file to a server as an OMI device would")
     sim.add_argument("file", type=Path, metavar="FILE")
@@ -108,6 +157,12 @@ def main(argv: list[str] | None = None) -> int:
             return _speakers(args)
         if args.command == "letta-local":
             return _letta_local(args)
+        if args.command == "search":
+            return _search(args)
+        if args.command == "outbox":
+            return _outbox(args)
+        if args.command == "backfill":
+            return _backfill(args)
         return _simulate(args)
     except SettingsError as exc:
         print(f"omi-letta: configuration error: {exc}", file=sys.stderr)
@@ -123,12 +178,14 @@ def _serve(args: argparse.Namespace) -> int:
     from app.services import check_can_serve
 
     settings = load_settings()
+    server = replace(settings.server, host=args.host or settings.server.host, port=args.port or settings.server.port)
+    settings = replace(settings, server=server)  # the port also tells Letta where our embeddings are
     configure_logging(settings.server.log_level)
     check_can_serve(settings)  # fail before binding the port
     uvicorn.run(
         create_app(settings),
-        host=args.host or settings.server.host,
-        port=args.port or settings.server.port,
+        host=server.host,
+        port=server.port,
         log_level=settings.server.log_level.lower(),
         ws_max_size=1 << 20,
     )
@@ -169,7 +226,8 @@ async def _ingest_files(settings: Any, args: argparse.Namespace) -> list[dict[st
     from memory.store import iso
 
     durations = [audio_duration(f) for f in args.files]  # fail on a bad file before loading models
-    services = await Services.start(settings)
+    # Queue only: a running `omi-letta serve` delivers (it alone may write the local index).
+    services = await Services.start(settings, queue=not args.no_deliver, deliver=False)
     out: list[dict[str, Any]] = []
     rttm: list[str] = []
     try:
@@ -335,6 +393,181 @@ async def _open_speakers(settings: Settings) -> tuple[SpeakerStore, Callable[[],
     return SpeakerStore(store.engine), store.close
 
 
+def _when(text: str) -> float:
+    """An ISO 8601 date or date-time (UTC unless it says otherwise), or epoch seconds."""
+    from datetime import UTC, datetime
+
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO date (2025-10-28), date-time or epoch") from None
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+
+
+def _search(args: argparse.Namespace) -> int:
+    from memory.search import open_search
+    from memory.store import iso
+
+    settings = load_settings()
+    if not args.query.strip():
+        print("omi-letta search: the query is blank", file=sys.stderr)
+        return 2
+
+    async def run() -> list[dict[str, Any]]:
+        search = open_search(settings.embeddings, settings.vector_index, settings.server.data_dir)
+        try:
+            hits = await search.search(
+                args.uid,
+                args.query,
+                limit=args.limit,
+                speaker=args.speaker,
+                conversation_id=args.conversation,
+                since=args.since,
+                until=args.until,
+            )
+        finally:
+            await search.close()
+        return [
+            {
+                k: getattr(h, k)
+                for k in ("turn_id", "conversation_id", "text", "speaker", "is_user", "start", "end", "score")
+            }
+            for h in hits
+        ]
+
+    hits = asyncio.run(run())
+    if args.json:
+        json.dump(hits, sys.stdout, ensure_ascii=False, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    if not hits:
+        print(f"nothing found for uid {args.uid}", file=sys.stderr)
+    for h in hits:
+        print(f"{h['score']:.4f}  {iso(h['start'])[:16]}  {h['speaker']}: {h['text']}  [{h['conversation_id'][:8]}]")
+    return 0
+
+
+def _outbox(args: argparse.Namespace) -> int:
+    from memory.outbox import Outbox
+    from memory.store import ConversationStore, iso
+
+    settings = load_settings()
+
+    async def run() -> Any:
+        store = await ConversationStore.open(settings.database_url)
+        outbox = Outbox(store.engine)
+        try:
+            if args.verb == "retry":
+                return await outbox.retry(None if args.all else args.ids)
+            if args.verb == "purge":
+                return await outbox.purge(None if args.all else args.ids)
+            statuses = ["pending", "dead"] if args.status is None else [] if args.status == "all" else [args.status]
+            found = []
+            for status in statuses or [None]:
+                found += await outbox.records(status=status, uid=args.uid, sink=args.sink, limit=args.limit)
+            return sorted(found, key=lambda r: r.id)[: args.limit]
+        finally:
+            await store.close()
+
+    result = asyncio.run(run())
+    if args.verb in ("retry", "purge"):
+        done = "made pending again" if args.verb == "retry" else "deleted"
+        print(f"{result} dead record(s) {done}")
+        return 0 if result or args.all else 1
+    if args.json:
+        json.dump([msgspec_builtins(r) for r in result], sys.stdout, ensure_ascii=False, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    if not result:
+        print("the outbox holds no such record", file=sys.stderr)
+    for r in result:
+        print(
+            f"{r.id:>7}  {r.status:<7}  {r.sink:<5}  {r.action:<7}  uid {r.uid}  conv {r.conversation_id[:8]}  "
+            f"{len(r.turn_ids)} turn(s)  {r.attempts} attempt(s)  queued {iso(r.created_at)[:19]}"
+            + (f"\n         last error: {r.last_error}" if r.last_error else "")
+        )
+    return 0
+
+
+def msgspec_builtins(value: Any) -> Any:
+    """A msgspec struct as JSON-ready builtins."""
+    import msgspec
+
+    return msgspec.to_builtins(value)
+
+
+def _backfill(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from app.services import delivery_for
+    from ingest.metrics import Metrics
+    from memory.delivery import DeliveryLock
+    from memory.search import open_search
+    from memory.store import ConversationStore
+
+    settings = load_settings()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    sinks = tuple(s for s in settings.sinks if args.sink in (None, s))
+    if not sinks:
+        print(f"omi-letta backfill: the {args.sink} sink is not configured (LETTA_DELIVERY=false)", file=sys.stderr)
+        return 2
+
+    async def run() -> int:
+        store = await ConversationStore.open(settings.database_url, sinks=sinks)
+        search = open_search(settings.embeddings, settings.vector_index, settings.server.data_dir)
+        outbox, deliverer = delivery_for(settings, store, search, Metrics(), sinks=sinks)
+        lock = DeliveryLock(settings.server.data_dir)
+        here = lock.acquire()
+        try:
+            keys = await store.keys(uid=args.uid, since=args.since)
+            turns = sum(n for _, _, n in keys)
+            if not keys:
+                print("no stored conversation matches", file=sys.stderr)
+                return 0
+            started = time.monotonic()
+            ids: list[int] = []
+            for uid, conversation_id, _ in keys:
+                ids += await store.requeue(uid, conversation_id, sinks)
+            who = "delivering here" if here else "the running service delivers"
+            print(f"{len(keys)} conversation(s), {turns} turn(s) queued for {', '.join(sinks)}; {who}", file=sys.stderr)
+            if here:
+                deliverer.start()
+            with tqdm(total=len(ids), unit="record", file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
+
+                def show(state: dict[str, int]) -> None:
+                    bar.n = state["done"] + state["dead"]
+                    bar.set_postfix(failing=state["failing"], dead=state["dead"])
+                    bar.refresh()
+
+                state = await deliverer.drain(ids, progress=show)
+            elapsed = time.monotonic() - started
+            print(
+                f"delivered {state['done']} of {len(ids)} record(s) ({turns} turns) in {elapsed:.1f} s "
+                f"({turns / max(elapsed, 1e-9):.0f} turns/s)",
+                file=sys.stderr,
+            )
+            if state["pending"] or state["dead"]:
+                error = await outbox.last_error(ids)
+                print(
+                    f"omi-letta backfill: {state['pending']} record(s) wait for a retry and {state['dead']} are dead; "
+                    f"last error: {error}. `omi-letta outbox list` shows them.",
+                    file=sys.stderr,
+                )
+                return 1
+            return 0
+        finally:
+            await deliverer.stop()
+            lock.release()
+            await search.close()
+            await store.close()
+
+    return asyncio.run(run())
+
+
 def _letta_local(args: argparse.Namespace) -> int:
     from app.letta_local import run_forever
 
@@ -343,7 +576,9 @@ def _letta_local(args: argparse.Namespace) -> int:
         print(f"letta-local: LETTA_BASE_URL is set ({settings.letta.base_url}); not starting a local Letta server")
         return 0
     root = args.dir or settings.server.data_dir / "letta"
-    return run_forever(root, args.port or settings.letta.local_port, password=settings.letta.api_key)
+    # The server's agents embed through this service's /v1/embeddings, as a user named `letta`.
+    service = (f"{settings.service_url}/v1", f"{settings.auth.admin_key}letta")
+    return run_forever(root, args.port or settings.letta.local_port, password=settings.letta.api_key, service=service)
 
 
 def _simulate(args: argparse.Namespace) -> int:
