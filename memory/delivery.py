@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from memory.errors import NotFoundError
+from memory.errors import NotFoundError, StorageError
 
 if TYPE_CHECKING:
     from ingest.metrics import Metrics
@@ -117,7 +117,9 @@ class Deliverer:
         except Exception as exc:
             status = await self.outbox.fail(record.id, f"{type(exc).__name__}: {exc}")
             self.metrics.inc(f"delivery_failures_total_{sink.name}")
-            log.warning("delivery to %s failed (%s); record %d is %s", sink.name, type(exc).__name__, record.id, status)
+            # Our errors say what failed without any transcript text; others are named by type only.
+            why = exc.detail if isinstance(exc, StorageError) else type(exc).__name__
+            log.warning("delivery to %s failed (%s); record %d is %s", sink.name, why, record.id, status)
             return
         await self.outbox.complete(record.id)
         self.metrics.inc(f"delivered_total_{sink.name}")
