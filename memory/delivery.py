@@ -51,6 +51,9 @@ class Sink(ABC):
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release clients and connections."""
 
+    async def tick(self) -> None:  # noqa: B027 - optional hook
+        """Called after every delivery round, also when there was nothing to deliver."""
+
 
 class Deliverer:
     """Runs one delivery loop per sink until stopped."""
@@ -137,6 +140,7 @@ class Deliverer:
             wake.clear()
             try:
                 await self.run_once(sink)
+                await sink.tick()
                 await self.report(sink)
             except asyncio.CancelledError:
                 raise

@@ -6,6 +6,10 @@ passage id once Letta answered. A ``pending`` row therefore means "perhaps inser
 settles it by looking up the group's ``grp:<key>`` tag in Letta before inserting again. The
 unique ``(agent_id, key)`` index makes the pending row a claim, so two processes never insert
 the same group at once.
+
+An insert whose request timed out may still be carried out by Letta later, after it was
+settled as missing and inserted again. Such groups are *watched* (rows keyed ``w:<key>``): the
+sink looks their tag up again for a while and deletes any copy the ledger does not hold.
 """
 
 from __future__ import annotations
@@ -46,7 +50,53 @@ class Ledger:
             return {
                 r.key: LedgerEntry(key=r.key, passage_id=r.passage_id, state=r.state, updated_at=r.updated_at)
                 for r in (await session.scalars(query)).all()
+                if ":" not in r.key  # watches and notices are not passage groups
             }
+
+    async def entry(self, agent_id: str, key: str) -> LedgerEntry | None:
+        """What the ledger holds for group ``key`` of the agent."""
+        query = select(LettaPassageRow).where(LettaPassageRow.agent_id == agent_id, LettaPassageRow.key == key)
+        async with self._sessions() as session:
+            r = await session.scalar(query)
+            return (
+                None
+                if r is None
+                else LedgerEntry(key=key, passage_id=r.passage_id, state=r.state, updated_at=r.updated_at)
+            )
+
+    async def watch(self, *, uid: str, agent_id: str, conversation_id: str, keys: list[str]) -> None:
+        """Remember groups that were re-inserted while an earlier insert of theirs might still land."""
+        now = time.time()
+        async with self._sessions() as session, session.begin():
+            for key in keys:
+                await session.execute(
+                    delete(LettaPassageRow).where(
+                        LettaPassageRow.agent_id == agent_id, LettaPassageRow.key == f"w:{key}"
+                    )
+                )
+                session.add(
+                    LettaPassageRow(
+                        uid=uid,
+                        agent_id=agent_id,
+                        conversation_id=conversation_id,
+                        key=f"w:{key}",
+                        passage_id=None,
+                        state="watch",
+                        updated_at=now,
+                    )
+                )
+
+    async def watched(self) -> list[tuple[str, str, float]]:
+        """Every watched group as ``(agent_id, key, since)``."""
+        query = select(LettaPassageRow.agent_id, LettaPassageRow.key, LettaPassageRow.updated_at).where(
+            LettaPassageRow.state == "watch"
+        )
+        async with self._sessions() as session:
+            return [(a, k[2:], t) for a, k, t in (await session.execute(query)).all()]
+
+    async def unwatch(self, agent_id: str, keys: list[str]) -> None:
+        """Stop watching groups."""
+        await self.forget(agent_id, [f"w:{k}" for k in keys])
 
     async def claim(self, *, uid: str, agent_id: str, conversation_id: str, keys: list[str]) -> bool:
         """Write ``pending`` rows for ``keys``; False (nothing written) if any is already claimed."""

@@ -6,7 +6,9 @@ keys with the ledger, inserts the missing groups and deletes the stale ones. Del
 twice therefore changes nothing, an edited or relabelled turn rewrites only its group, and a
 deleted conversation leaves no passage behind. Inserts are claimed in the ledger first (see
 :mod:`memory.sinks.ledger`), so a crash or a lost reply never yields a second copy: a claim
-that outlived ``stale_s`` is settled by looking the group's tag up in Letta.
+that outlived ``stale_s`` is settled by looking the group's tag up in Letta. A request that timed
+out can still be carried out by Letta after that, so a group inserted again is watched for a
+while (:meth:`LettaSink.tick`) and a late copy is deleted.
 
 Writes to one agent are serialized. The client never retries by itself (``max_retries=0``):
 the outbox does, after the check above.
@@ -44,6 +46,7 @@ log = logging.getLogger(__name__)
 RECENT_BLOCK = "recent_conversations"
 RECENT_BLOCK_CHARS = 6000
 BATCH = 100  # passages per insert request
+WATCH_EVERY_S = 3.0  # how often watched groups are looked up again
 EmbeddingSpec = Callable[[], Awaitable[tuple[str, int]]]
 """Returns the name and dimension of the embedding model behind this service's ``/v1/embeddings``."""
 
@@ -138,6 +141,7 @@ class LettaSink(Sink):
         recent_conversations: int = 10,
         notify_on_close: bool = False,
         stale_s: float = 60.0,
+        watch_s: float = 3600.0,
     ) -> None:
         self.client = client
         self.store = store
@@ -147,6 +151,8 @@ class LettaSink(Sink):
         self.recent_conversations = recent_conversations
         self.notify_on_close = notify_on_close
         self.stale_s = stale_s
+        self.watch_s = watch_s  # how long a re-inserted group is watched for a late copy
+        self._next_watch = 0.0
         self._configured = dict(agents or {})
         self._agents: dict[str, str] = {}
         self._archives: dict[str, str] = {}
@@ -231,7 +237,7 @@ class LettaSink(Sink):
             young = [k for k in pending if time.time() - known[k].updated_at < self.stale_s]
             if young:
                 raise DeliveryError(f"{len(young)} passage(s) of this conversation may still be in flight; retrying")
-            stored.update(await self._settle(agent, pending))
+            stored.update(await self._settle(agent, uid, conversation_id, pending))
         missing = [g for k, g in desired.items() if k not in stored]
         if missing:
             if not await self.ledger.claim(
@@ -251,7 +257,7 @@ class LettaSink(Sink):
             await self.ledger.forget(agent, [key])
         return len(missing)
 
-    async def _settle(self, agent: str, keys: list[str]) -> dict[str, str]:
+    async def _settle(self, agent: str, uid: str, conversation_id: str, keys: list[str]) -> dict[str, str]:
         """Resolve claims a crash or a lost reply left behind: keep what Letta has, forget the rest."""
         found: dict[str, list[str]] = defaultdict(list)
         for i in range(0, len(keys), 50):
@@ -267,12 +273,55 @@ class LettaSink(Sink):
             ids = sorted(set(found.get(key, [])))
             if ids:
                 settled[key] = ids[0]
-                for extra in ids[1:]:  # only if an earlier version double-inserted
+                for extra in ids[1:]:  # two late inserts landed: keep one
                     await self._delete_passage(agent, extra)
         await self.ledger.stored(agent, settled)
-        await self.ledger.forget(agent, [k for k in keys if k not in settled])
+        missing = [k for k in keys if k not in settled]
+        await self.ledger.forget(agent, missing)
+        if missing:  # they will be inserted again; an earlier request of theirs may still land
+            await self.ledger.watch(uid=uid, agent_id=agent, conversation_id=conversation_id, keys=missing)
+            self._next_watch = 0.0
         log.info("settled %d unconfirmed passage insert(s): %d were in Letta", len(keys), len(settled))
         return settled
+
+    async def tick(self) -> None:
+        """Every few seconds, look for late copies of watched groups and delete them."""
+        if time.monotonic() < self._next_watch:
+            return
+        self._next_watch = time.monotonic() + WATCH_EVERY_S
+        watched = await self.ledger.watched()
+        by_agent: dict[str, list[str]] = defaultdict(list)
+        for agent, key, since in watched:
+            if time.time() - since > self.watch_s:
+                await self.ledger.unwatch(agent, [key])
+            else:
+                by_agent[agent].append(key)
+        for agent, keys in by_agent.items():
+            async with self._agent_locks[agent]:
+                await self._dedupe(agent, keys)
+
+    async def _dedupe(self, agent: str, keys: list[str]) -> int:
+        """Delete every passage of groups ``keys`` but the one the ledger holds; how many were deleted."""
+        deleted = 0
+        for i in range(0, len(keys), 50):
+            chunk = keys[i : i + 50]
+            async with _letta("looking up passages by tag"):
+                hits = await self.client.passages.search(
+                    agent_id=agent, tags=[f"grp:{k}" for k in chunk], tag_match_mode="any", limit=100
+                )
+            for hit in hits:
+                key = next((t[4:] for t in hit.passage.tags or [] if t.startswith("grp:")), None)
+                if key is None or not hit.passage.id:
+                    continue
+                entry = await self.ledger.entry(agent, key)
+                if entry is not None and entry.state == "pending":
+                    continue  # being inserted again: settling sorts it out
+                if entry is None or hit.passage.id != entry.passage_id:
+                    await self._delete_passage(agent, hit.passage.id)
+                    deleted += 1
+        if deleted:
+            log.warning("deleted %d late duplicate passage(s) of agent %s", deleted, agent)
+        return deleted
 
     async def _insert(self, agent: str, groups: list[PassageGroup]) -> dict[str, str]:
         """Insert groups; ``{key: passage_id}``. Many at once go through the agent's archive in one request."""

@@ -218,3 +218,27 @@ async def test_an_unreachable_letta_is_a_delivery_error_and_claims_nothing(
         assert await sink.ledger.entries("agent-00000000-0000-4000-8000-000000000000", conversation.id) == {}
     finally:
         await sink.close()
+
+
+async def test_a_late_copy_of_a_reinserted_group_is_deleted(
+    letta: LocalLetta, store: ConversationStore, embeddings: StandInEmbeddings
+):
+    sink = make_sink(letta, store, embeddings)
+    uid = f"sink-{uuid.uuid4().hex[:8]}"
+    conversation = await stored_sample(store, uid)
+    try:
+        agent = await sink.agent_for(uid)
+        [group] = group_turns(conversation, sink.passage_max_chars)
+        # An insert timed out and was never seen: the claim is settled as missing and inserted again...
+        assert await sink.ledger.claim(uid=uid, agent_id=agent, conversation_id=conversation.id, keys=[group.key])
+        sink.stale_s = 0.0
+        await sink.deliver(record(conversation), conversation, conversation.segments)
+        [kept] = await agent_passages(sink.client, agent)
+        # ...and then Letta carries out the old request after all.
+        await sink._insert(agent, [group])
+        assert len(await agent_passages(sink.client, agent)) == 2
+        await sink.tick()
+        assert [p.id for p in await agent_passages(sink.client, agent)] == [kept.id]
+        assert (await sink.ledger.entries(agent, conversation.id))[group.key].passage_id == kept.id
+    finally:
+        await sink.close()
