@@ -249,6 +249,7 @@ class Server:
             ADMIN_KEY=ADMIN_KEY,
             LOCAL_DEVELOPMENT="false",
             LOG_LEVEL="WARNING",
+            LETTA_DELIVERY="false",  # a bench that measures delivery names its Letta server
         )
         env.update(self.overrides)
         log = self.log_path.open("wb")

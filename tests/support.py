@@ -70,6 +70,7 @@ class ServerProcess:
             "ADMIN_KEY": ADMIN_KEY,
             "LOCAL_DEVELOPMENT": "false",
             "LOG_LEVEL": "INFO",
+            "LETTA_DELIVERY": "false",  # tests that deliver to Letta say so (tests/integration/test_delivery.py)
             **self.env,
         }
         log = self.log_path.open("ab")

@@ -52,6 +52,7 @@ def serve(tmp_path: Path, letta: LocalLetta, **env: str) -> ServerProcess:
         "OUTBOX_MAX_DELAY_S": "2",
         "OUTBOX_MAX_ATTEMPTS": "200",
         "OUTBOX_POLL_S": "0.2",
+        "LETTA_DELIVERY": "true",
         **env,
     }
     return ServerProcess(tmp_path, env=settings).start()
@@ -279,6 +280,16 @@ async def test_a_deleted_conversation_disappears_from_letta_the_index_and_search
         agent = agent_of(client, uid)
         assert passages_of(client, agent)
         assert server.get("/v1/memory/search", uid=uid, params={"q": "pharmacy"}).json()["items"]
+
+        # A relabel reaches what was delivered: the passages and the index name the speaker.
+        relabel = {"speaker_id": 1, "name": "Nurse Joy"}
+        assert server.patch(f"/v1/conversations/{listed['id']}/speakers", uid=uid, json=relabel).status_code == 200
+        wait_drained(server)
+        relabelled = as_conversation(server.get(f"/v1/conversations/{listed['id']}", uid=uid).json(), uid)
+        mine = assert_exactly_once(client, agent, relabelled)
+        assert any("] Nurse Joy: " in p.text for p in mine) and not any("Speaker 1:" in p.text for p in mine)
+        hits = server.get("/v1/memory/search", uid=uid, params={"q": "report", "speaker": "nurse joy"}).json()
+        assert hits["items"] and {h["speaker"] for h in hits["items"]} == {"Nurse Joy"}
 
         assert server.delete(f"/v1/conversations/{listed['id']}", uid=uid).status_code == 204
         wait_drained(server)
