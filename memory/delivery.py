@@ -17,7 +17,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, NamedTuple
 
 from memory.errors import NotFoundError, StorageError
 
@@ -27,9 +27,17 @@ if TYPE_CHECKING:
     from memory.outbox import Outbox, OutboxRecord
     from memory.store import Conversation, ConversationStore
 
-__all__ = ["Deliverer", "DeliveryLock", "Sink"]
+__all__ = ["Deliverer", "Delivery", "DeliveryLock", "Sink"]
 
 log = logging.getLogger(__name__)
+
+
+class Delivery(NamedTuple):
+    """One record to apply, with its conversation as stored now (None once deleted) and its turns still there."""
+
+    record: OutboxRecord
+    conversation: Conversation | None
+    turns: list[TranscriptSegment]
 
 
 class Sink(ABC):
@@ -47,6 +55,16 @@ class Sink(ABC):
     ) -> None:
         """Apply one record. ``conversation`` is its current state (None once deleted) and ``turns``
         the record's turns as stored now (those still there). Raise to have it retried later."""
+
+    async def deliver_batch(self, items: list[Delivery]) -> None:
+        """Apply one user's consecutive records, in order (default: one by one).
+
+        If it raises, all of them are tried again later; since :meth:`deliver` is idempotent,
+        what was applied before the failure changes nothing the second time. Sinks override this
+        to do the work of many records in fewer requests.
+        """
+        for item in items:
+            await self.deliver(*item)
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release clients and connections."""
@@ -67,13 +85,15 @@ class Deliverer:
         metrics: Metrics,
         poll_s: float = 0.5,
         batch: int = 16,
+        per_user: int = 64,
     ) -> None:
         self.store = store
         self.outbox = outbox
         self.sinks = sinks
         self.metrics = metrics
         self.poll_s = poll_s
-        self.batch = batch
+        self.batch = batch  # users served at once
+        self.per_user = per_user  # a user's consecutive records handed to a sink together
         self._wake = {s.name: asyncio.Event() for s in sinks}
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -100,33 +120,45 @@ class Deliverer:
             event.set()
 
     async def run_once(self, sink: Sink) -> int:
-        """Deliver every record now due for ``sink`` (each user's in order); returns how many were tried."""
+        """Deliver every record now due for ``sink`` (each user's in order, in batches); how many were tried."""
         tried = 0
         while True:
             heads = await self.outbox.heads(sink.name, now=time.time(), limit=self.batch)
             if not heads:
                 return tried
-            await asyncio.gather(*(self._deliver(sink, record) for record in heads))
-            tried += len(heads)
+            tried += sum(await asyncio.gather(*(self._deliver(sink, record) for record in heads)))
 
-    async def _deliver(self, sink: Sink, record: OutboxRecord) -> None:
+    async def _deliver(self, sink: Sink, head: OutboxRecord) -> int:
+        """Deliver ``head`` and the user's records queued behind it, as one batch; how many were tried."""
+        records = [head]
+        if self.per_user > 1:
+            records += await self.outbox.following(head, limit=self.per_user - 1)
         try:
-            conversation = await self._conversation(record)
-            wanted = set(record.turn_ids)
-            turns = [s for s in conversation.segments if s.id in wanted] if conversation else []
-            await sink.deliver(record, conversation, turns)
+            conversations: dict[str, Conversation | None] = {}
+            items: list[Delivery] = []
+            for record in records:
+                if record.conversation_id not in conversations:
+                    conversations[record.conversation_id] = await self._conversation(record)
+                conversation = conversations[record.conversation_id]
+                wanted = set(record.turn_ids)
+                turns = [s for s in conversation.segments if s.id in wanted] if conversation else []
+                items.append(Delivery(record, conversation, turns))
+            await sink.deliver_batch(items)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            status = await self.outbox.fail(record.id, f"{type(exc).__name__}: {exc}")
+            status = await self.outbox.fail(head.id, f"{type(exc).__name__}: {exc}")
             self.metrics.inc(f"delivery_failures_total_{sink.name}")
             # Our errors say what failed without any transcript text; others are named by type only.
             why = exc.detail if isinstance(exc, StorageError) else type(exc).__name__
-            log.warning("delivery to %s failed (%s); record %d is %s", sink.name, why, record.id, status)
-            return
-        await self.outbox.complete(record.id)
-        self.metrics.inc(f"delivered_total_{sink.name}")
-        self.metrics.observe(f"delivery_delay_seconds_{sink.name}", time.time() - record.created_at)
+            log.warning("delivery to %s failed (%s); record %d is %s", sink.name, why, head.id, status)
+            return len(records)
+        await self.outbox.complete_many([r.id for r in records])
+        now = time.time()
+        for record in records:
+            self.metrics.inc(f"delivered_total_{sink.name}")
+            self.metrics.observe(f"delivery_delay_seconds_{sink.name}", now - record.created_at)
+        return len(records)
 
     async def _conversation(self, record: OutboxRecord) -> Conversation | None:
         try:

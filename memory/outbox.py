@@ -135,12 +135,32 @@ class Outbox:
         async with self._sessions() as session:
             return [_record(r) for r in (await session.scalars(query)).all()]
 
+    async def following(self, head: OutboxRecord, *, limit: int) -> list[OutboxRecord]:
+        """The pending records of ``head``'s user and sink queued after it, oldest first (at most ``limit``)."""
+        query = (
+            select(OutboxRow)
+            .where(
+                OutboxRow.sink == head.sink,
+                OutboxRow.uid == head.uid,
+                OutboxRow.status == "pending",
+                OutboxRow.id > head.id,
+            )
+            .order_by(OutboxRow.id)
+            .limit(limit)
+        )
+        async with self._sessions() as session:
+            return [_record(r) for r in (await session.scalars(query)).all()]
+
     async def complete(self, record_id: int, *, now: float | None = None) -> None:
         """The record was delivered."""
+        await self.complete_many([record_id], now=now)
+
+    async def complete_many(self, record_ids: list[int], *, now: float | None = None) -> None:
+        """The records were delivered."""
         async with self._sessions() as session, session.begin():
             await session.execute(
                 update(OutboxRow)
-                .where(OutboxRow.id == record_id)
+                .where(OutboxRow.id.in_(record_ids))
                 .values(status="done", updated_at=time.time() if now is None else now, last_error=None)
             )
 

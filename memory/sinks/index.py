@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from memory.delivery import Sink
+from memory.delivery import Delivery, Sink
 from memory.search import MemorySearch, Turn
 from memory.sinks.passages import speaker_of
 
@@ -45,13 +45,27 @@ class IndexSink(Sink):
     async def deliver(
         self, record: OutboxRecord, conversation: Conversation | None, turns: list[TranscriptSegment]
     ) -> None:
-        if record.action == "closed":
-            return
-        if record.action == "deleted" or conversation is None:
-            await self.search.delete(record.uid, conversation_id=record.conversation_id)
-            return
-        await self.search.add(turns_of(record.uid, conversation, turns))
-        present = {t.id for t in turns if t.text.strip()}
-        gone = [t for t in record.turn_ids if t not in present]  # merged away, or emptied
+        await self.deliver_batch([Delivery(record, conversation, turns)])
+
+    async def deliver_batch(self, items: list[Delivery]) -> None:
+        """Index the turns of many records with one embedding pass; deleted conversations leave the index."""
+        uid = items[0].record.uid
+        wanted: dict[str, set[str]] = {}  # conversation id -> turn ids to refresh
+        states: dict[str, Conversation | None] = {}
+        for record, conversation, _ in items:
+            if record.action == "closed":
+                continue
+            states[record.conversation_id] = None if record.action == "deleted" else conversation
+            wanted.setdefault(record.conversation_id, set()).update(record.turn_ids)
+        add: list[Turn] = []
+        gone: list[str] = []
+        for cid, conversation in states.items():
+            if conversation is None:
+                await self.search.delete(uid, conversation_id=cid)
+                continue
+            present = [s for s in conversation.segments if s.id in wanted[cid] and s.text.strip()]
+            add += turns_of(uid, conversation, present)
+            gone += sorted(wanted[cid] - {s.id for s in present})  # merged away, or emptied
+        await self.search.add(add)
         if gone:
-            await self.search.delete(record.uid, ids=gone)
+            await self.search.delete(uid, ids=gone)

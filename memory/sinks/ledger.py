@@ -100,6 +100,10 @@ class Ledger:
 
     async def claim(self, *, uid: str, agent_id: str, conversation_id: str, keys: list[str]) -> bool:
         """Write ``pending`` rows for ``keys``; False (nothing written) if any is already claimed."""
+        return await self.claim_many(uid=uid, agent_id=agent_id, keys={conversation_id: keys})
+
+    async def claim_many(self, *, uid: str, agent_id: str, keys: dict[str, list[str]]) -> bool:
+        """:meth:`claim` for several conversations (``{conversation_id: keys}``) in one transaction."""
         now = time.time()
         try:
             async with self._sessions() as session, session.begin():
@@ -113,7 +117,8 @@ class Ledger:
                         state="pending",
                         updated_at=now,
                     )
-                    for key in keys
+                    for conversation_id, group in keys.items()
+                    for key in group
                 )
         except IntegrityError:
             return False

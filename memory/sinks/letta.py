@@ -28,7 +28,7 @@ import httpx
 from letta_client import APIConnectionError, APIError, APIStatusError, APITimeoutError, AsyncLetta
 from letta_client import NotFoundError as LettaNotFound
 
-from memory.delivery import Sink
+from memory.delivery import Delivery, Sink
 from memory.errors import DeliveryError
 from memory.sinks.ledger import Ledger
 from memory.sinks.passages import PassageGroup, group_turns, recent_block, summary_line
@@ -184,18 +184,34 @@ class LettaSink(Sink):
     async def deliver(
         self, record: OutboxRecord, conversation: Conversation | None, turns: list[TranscriptSegment]
     ) -> None:
-        agent = await self.agent_for(record.uid)
+        await self.deliver_batch([Delivery(record, conversation, turns)])
+
+    async def deliver_batch(self, items: list[Delivery]) -> None:
+        """Apply a user's records together: one insert request for all their missing groups, one block update."""
+        uid = items[0].record.uid
+        agent = await self.agent_for(uid)
+        states: dict[str, Conversation | None] = {}  # conversations to sync, as stored now
+        deleted: list[str] = []
+        closed: list[Conversation] = []
+        for record, conversation, _ in items:
+            cid = record.conversation_id
+            if record.action == "deleted":
+                deleted.append(cid)
+                states[cid] = None
+            elif record.action == "turns" and cid not in deleted:
+                states[cid] = conversation
+            elif record.action == "closed" and conversation is not None:
+                closed.append(conversation)
         async with self._agent_locks[agent]:
-            if record.action == "deleted":
-                conversation = None
-            if record.action in ("turns", "deleted"):
-                await self.sync(agent, record.uid, record.conversation_id, conversation)
-            if record.action == "deleted":
-                await self._sweep(agent, record.conversation_id)
-            if record.action in ("closed", "deleted"):
-                await self.refresh_recent(agent, record.uid)
-            if record.action == "closed" and self.notify_on_close and conversation is not None:
-                await self._notify(agent, record.uid, conversation)
+            if states:
+                await self.sync_many(agent, uid, states)
+            for cid in deleted:
+                await self._sweep(agent, cid)
+            if closed or deleted:
+                await self.refresh_recent(agent, uid)
+            if self.notify_on_close:
+                for conversation in closed:
+                    await self._notify(agent, uid, conversation)
 
     # --- agents -----------------------------------------------------------------------------
 
@@ -229,33 +245,39 @@ class LettaSink(Sink):
         Raises:
             DeliveryError: Letta failed, or another process is inserting these groups right now.
         """
-        desired = {g.key: g for g in group_turns(conversation, self.passage_max_chars)} if conversation else {}
-        known = await self.ledger.entries(agent, conversation_id)
-        stored = {k: e.passage_id for k, e in known.items() if e.state == "stored" and e.passage_id}
-        pending = [k for k, e in known.items() if e.state == "pending"]
-        if pending:
-            young = [k for k in pending if time.time() - known[k].updated_at < self.stale_s]
-            if young:
-                raise DeliveryError(f"{len(young)} passage(s) of this conversation may still be in flight; retrying")
-            stored.update(await self._settle(agent, uid, conversation_id, pending))
-        missing = [g for k, g in desired.items() if k not in stored]
-        if missing:
-            if not await self.ledger.claim(
-                uid=uid, agent_id=agent, conversation_id=conversation_id, keys=[g.key for g in missing]
-            ):
+        return await self.sync_many(agent, uid, {conversation_id: conversation})
+
+    async def sync_many(self, agent: str, uid: str, conversations: dict[str, Conversation | None]) -> int:
+        """:meth:`sync` for several conversations (``None``: deleted), with one insert request for them all."""
+        missing: dict[str, list[PassageGroup]] = {}
+        stale: dict[str, str] = {}
+        for cid, conversation in conversations.items():
+            desired = {g.key: g for g in group_turns(conversation, self.passage_max_chars)} if conversation else {}
+            known = await self.ledger.entries(agent, cid)
+            stored = {k: e.passage_id for k, e in known.items() if e.state == "stored" and e.passage_id}
+            pending = [k for k, e in known.items() if e.state == "pending"]
+            if pending:
+                young = [k for k in pending if time.time() - known[k].updated_at < self.stale_s]
+                if young:
+                    raise DeliveryError(f"{len(young)} passage(s) of a conversation may still be in flight; retrying")
+                stored.update(await self._settle(agent, uid, cid, pending))
+            missing[cid] = [g for k, g in desired.items() if k not in stored]
+            stale.update({k: pid for k, pid in stored.items() if k not in desired})
+        claims = {cid: [g.key for g in groups] for cid, groups in missing.items() if groups}
+        if claims:
+            if not await self.ledger.claim_many(uid=uid, agent_id=agent, keys=claims):
                 raise DeliveryError("another process is inserting passages of this conversation; retrying")
             try:
-                inserted = await self._insert(agent, missing)
+                inserted = await self._insert(agent, [g for groups in missing.values() for g in groups])
             except DeliveryError as exc:
                 if _unsent(exc):
-                    await self.ledger.forget(agent, [g.key for g in missing])
+                    await self.ledger.forget(agent, [k for keys in claims.values() for k in keys])
                 raise
             await self.ledger.stored(agent, inserted)
-        stale = {k: pid for k, pid in stored.items() if k not in desired}
         for key, passage_id in stale.items():
             await self._delete_passage(agent, passage_id)
             await self.ledger.forget(agent, [key])
-        return len(missing)
+        return sum(len(keys) for keys in claims.values())
 
     async def _settle(self, agent: str, uid: str, conversation_id: str, keys: list[str]) -> dict[str, str]:
         """Resolve claims a crash or a lost reply left behind: keep what Letta has, forget the rest."""

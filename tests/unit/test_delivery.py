@@ -15,7 +15,7 @@ import pytest
 
 from ingest.metrics import Metrics
 from ingest.segments import TranscriptSegment
-from memory.delivery import Deliverer, Sink
+from memory.delivery import Deliverer, Delivery, Sink
 from memory.outbox import Outbox, OutboxRecord, RetryPolicy
 from memory.store import Conversation, ConversationStore
 
@@ -110,3 +110,33 @@ async def test_a_deleted_conversation_is_removed_from_the_sink(store: Conversati
     await store.delete("ann", conversation_id)
     await deliverer.run_once(sink)
     assert sink.turns == {}
+
+
+class BatchingSink(KeyedSink):
+    """Records how many records each call carried."""
+
+    def __init__(self, failures: int = 0) -> None:
+        super().__init__(failures)
+        self.batches: list[list[str]] = []
+
+    async def deliver_batch(self, items: list[Delivery]) -> None:
+        self.batches.append([item.record.action for item in items])
+        await super().deliver_batch(items)
+
+
+async def test_a_users_queued_records_go_to_the_sink_together_and_are_retried_together(
+    store: ConversationStore,
+) -> None:
+    sink = BatchingSink(failures=1)
+    outbox = Outbox(store.engine, RetryPolicy(max_attempts=5, base_delay_s=0.01, max_delay_s=0.01))
+    deliverer = Deliverer(store, outbox, [sink], metrics=Metrics(), per_user=3)
+    first, _ = await talk(store, "ann", "One.")
+    await talk(store, "ann", "Two.")
+    await store.complete(first)
+    await talk(store, "ann", "Three.")
+    assert await deliverer.run_once(sink) == 3  # the first batch fails as a whole
+    await asyncio.sleep(0.02)
+    assert await deliverer.run_once(sink) == 4
+    assert sink.batches == [["turns", "turns", "closed"], ["turns", "turns", "closed"], ["turns"]]
+    assert sorted(sink.turns.values()) == ["One.", "Three.", "Two."]
+    assert not await outbox.records(status="pending")
