@@ -128,14 +128,14 @@ async def test_a_users_queued_records_go_to_the_sink_together_and_are_retried_to
     store: ConversationStore,
 ) -> None:
     sink = BatchingSink(failures=1)
-    outbox = Outbox(store.engine, RetryPolicy(max_attempts=5, base_delay_s=0.01, max_delay_s=0.01))
+    outbox = Outbox(store.engine, RetryPolicy(max_attempts=5, base_delay_s=1.0, max_delay_s=1.0))
     deliverer = Deliverer(store, outbox, [sink], metrics=Metrics(), per_user=3)
     first, _ = await talk(store, "ann", "One.")
     await talk(store, "ann", "Two.")
     await store.complete(first)
     await talk(store, "ann", "Three.")
-    assert await deliverer.run_once(sink) == 3  # the first batch fails as a whole
-    await asyncio.sleep(0.02)
+    assert await deliverer.run_once(sink) == 3  # the first batch fails as a whole, then waits 0.5-1 s
+    await asyncio.sleep(1.05)
     assert await deliverer.run_once(sink) == 4
     assert sink.batches == [["turns", "turns", "closed"], ["turns", "turns", "closed"], ["turns"]]
     assert sorted(sink.turns.values()) == ["One.", "Three.", "Two."]
