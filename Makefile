@@ -68,6 +68,8 @@ bench: install ## run the benchmarks in bench/ (results go in docs/benchmarks.md
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/diarize.py
 	$(BIN)/python bench/live_labels.py
+	$(BIN)/python bench/search.py
+	$(BIN)/python bench/delivery.py
 
 clean: ## remove the virtualenv and caches (keeps DATA_DIR)
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -25,7 +25,7 @@ __all__ = ["main"]
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="omi-letta",
-        description="OMI-compatible live transcription into stored conversations (and your Letta agent).",
+        description="OMI-compatible live transcription into stored conversations and your Letta agent's memory.",
     )
     parser.add_argument("--version", action="version", version=f"omi-letta {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
