@@ -207,8 +207,7 @@ def _ingest(args: argparse.Namespace) -> int:
         print(f"omi-letta ingest: {exc.detail}", file=sys.stderr)
         return 1
     if args.json:
-        json.dump(conversations, sys.stdout, ensure_ascii=False, indent=2)
-        sys.stdout.write("\n")
+        _print_json(conversations)
     else:
         for c in conversations:
             print(f"{c['id']}  {c['started_at']}  {len(c['segments'])} segments", file=sys.stderr)
@@ -352,8 +351,7 @@ def _enroll(args: argparse.Namespace) -> int:
 
     profile = asyncio.run(store())
     if args.json:
-        json.dump(profile, sys.stdout, ensure_ascii=False, indent=2)
-        sys.stdout.write("\n")
+        _print_json(profile)
     else:
         print(
             f"enrolled {profile['name']}{' (the wearer)' if profile['is_user'] else ''} from {seconds:.1f} s of "
@@ -374,8 +372,7 @@ def _speakers(args: argparse.Namespace) -> int:
 
     profiles = asyncio.run(listed())
     if args.json:
-        json.dump(profiles, sys.stdout, ensure_ascii=False, indent=2)
-        sys.stdout.write("\n")
+        _print_json(profiles)
         return 0
     if not profiles:
         print(f"no voice profiles for uid {args.uid}; add one with `omi-letta enroll`", file=sys.stderr)
@@ -431,18 +428,11 @@ def _search(args: argparse.Namespace) -> int:
             )
         finally:
             await search.close()
-        return [
-            {
-                k: getattr(h, k)
-                for k in ("turn_id", "conversation_id", "text", "speaker", "is_user", "start", "end", "score")
-            }
-            for h in hits
-        ]
+        return [msgspec_builtins(h) for h in hits]
 
     hits = asyncio.run(run())
     if args.json:
-        json.dump(hits, sys.stdout, ensure_ascii=False, indent=2)
-        sys.stdout.write("\n")
+        _print_json(hits)
         return 0
     if not hits:
         print(f"nothing found for uid {args.uid}", file=sys.stderr)
@@ -479,8 +469,7 @@ def _outbox(args: argparse.Namespace) -> int:
         print(f"{result} dead record(s) {done}")
         return 0 if result or args.all else 1
     if args.json:
-        json.dump([msgspec_builtins(r) for r in result], sys.stdout, ensure_ascii=False, indent=2)
-        sys.stdout.write("\n")
+        _print_json([msgspec_builtins(r) for r in result])
         return 0
     if not result:
         print("the outbox holds no such record", file=sys.stderr)
@@ -491,6 +480,11 @@ def _outbox(args: argparse.Namespace) -> int:
             + (f"\n         last error: {r.last_error}" if r.last_error else "")
         )
     return 0
+
+
+def _print_json(value: Any) -> None:
+    json.dump(value, sys.stdout, ensure_ascii=False, indent=2)
+    sys.stdout.write("\n")
 
 
 def msgspec_builtins(value: Any) -> Any:
@@ -607,8 +601,7 @@ def _simulate(args: argparse.Namespace) -> int:
         print(f"omi-letta simulate: cannot connect to {args.url}: {exc}", file=sys.stderr)
         return 1
     if args.json:
-        json.dump(result.ordered(), sys.stdout, ensure_ascii=False, indent=2)
-        sys.stdout.write("\n")
+        _print_json(result.ordered())
     return 0
 
 

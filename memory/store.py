@@ -112,6 +112,18 @@ def _from_row(row: ConversationRow, *, with_segments: bool = True) -> Conversati
     )
 
 
+async def _owned(session: AsyncSession, uid: str, conversation_id: str) -> ConversationRow:
+    """The user's conversation row.
+
+    Raises:
+        NotFoundError: no such conversation for ``uid``.
+    """
+    row = await session.get(ConversationRow, conversation_id)
+    if row is None or row.uid != uid:
+        raise NotFoundError(f"conversation {conversation_id} not found")
+    return row
+
+
 class ConversationStore:
     """Reads and writes conversations. Every write is committed before the call returns."""
 
@@ -280,9 +292,7 @@ class ConversationStore:
             NotFoundError: no such conversation for ``uid``.
         """
         async with self._session() as session:
-            row = await session.get(ConversationRow, conversation_id)
-            if row is None or row.uid != uid:
-                raise NotFoundError(f"conversation {conversation_id} not found")
+            row = await _owned(session, uid, conversation_id)
             return _from_row(row)
 
     async def page(self, uid: str, *, limit: int, offset: int) -> tuple[list[Conversation], int]:
@@ -347,9 +357,7 @@ class ConversationStore:
             NotFoundError: no such conversation for ``uid``.
         """
         async with self._session() as session, session.begin():
-            row = await session.get(ConversationRow, conversation_id)
-            if row is None or row.uid != uid:
-                raise NotFoundError(f"conversation {conversation_id} not found")
+            row = await _owned(session, uid, conversation_id)
             turn_ids = [s.id for s in row.segments]
             await session.delete(row)  # segments go with it (ORM cascade)
             enqueue(
@@ -368,9 +376,7 @@ class ConversationStore:
             NotFoundError: no such conversation for ``uid``.
         """
         async with self._session() as session, session.begin():
-            row = await session.get(ConversationRow, conversation_id)
-            if row is None or row.uid != uid:
-                raise NotFoundError(f"conversation {conversation_id} not found")
+            row = await _owned(session, uid, conversation_id)
             turn_ids = [s.id for s in row.segments]
             rows = enqueue(
                 session, uid=uid, sinks=sinks, action="turns", conversation_id=conversation_id, turn_ids=turn_ids
