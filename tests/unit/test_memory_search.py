@@ -1,15 +1,20 @@
-"""Hybrid memory search over real speech-like turns: words and meaning, fused, with filters."""
+"""Hybrid memory search over real speech-like turns: words and meaning, fused, with filters; and the
+in-memory BM25 lexical index on its own: scores, filters, writes, reloads."""
 
 from __future__ import annotations
 
+import math
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import memory.lexical
 from memory.index import IndexHit
 from memory.index.local import LocalVectorIndex
-from memory.search import LexicalIndex, MemorySearch, Turn, fuse, lexical_query
+from memory.search import LexicalIndex, MemorySearch, Turn, fuse, lexical_query, query_terms, tokenize
 from tests.memory_support import T0, local_embedder, sample_turns
 
 
@@ -124,3 +129,221 @@ def test_reciprocal_rank_fusion_rewards_agreement():
     fused = fuse([[hit("a"), hit("b"), hit("c")], [hit("b"), hit("d")]], limit=3)
     assert [h.turn_id for h in fused] == ["b", "a", "d"]
     assert fused[0].score == pytest.approx(1 / 62 + 1 / 61, abs=1e-6)
+
+
+# --- The lexical index on its own ----------------------------------------------------------
+
+
+def turn(turn_id: str, text: str, *, speaker: str = "Bob", conversation: str = "c1", start: float = T0) -> Turn:
+    return Turn(
+        uid="alice",
+        turn_id=turn_id,
+        conversation_id=conversation,
+        speaker=speaker,
+        is_user=speaker == "me",
+        start=start,
+        end=start + 2,
+        text=text,
+    )
+
+
+def scored(hits: list[IndexHit]) -> list[tuple[str, float]]:
+    return [(h.turn_id, round(h.score, 12)) for h in hits]
+
+
+@pytest.fixture
+async def lexical(tmp_path: Path) -> AsyncIterator[LexicalIndex]:
+    index = LexicalIndex(tmp_path)
+    yield index
+    await index.close()
+
+
+def test_words_are_cut_and_stemmed_as_sqlite_fts5_porter_unicode61_does():
+    # The expected terms are what FTS5 (tokenize='porter unicode61 remove_diacritics 2') stores.
+    assert tokenize("Diane's meetings were RESCHEDULED; she lives in Zürich, near the café_bar.") == [
+        "dian", "s", "meet", "were", "reschedul", "she", "live", "in", "zurich", "near", "the", "cafe", "bar",
+    ]  # fmt: skip
+    assert tokenize("caresses ponies agreed hopping conditional electrical") == [
+        "caress", "poni", "agre", "hop", "condit", "electr",
+    ]  # fmt: skip
+    assert query_terms("Where does Diane live? Diane lives") == ["dian", "live"]  # stopwords out, stems once
+    assert query_terms("where is it") == ["where", "is", "it"]  # only stopwords: keep them
+    assert query_terms("?!") == []
+
+
+async def test_bm25_scores_and_order_match_a_hand_computed_case(lexical: LexicalIndex):
+    await lexical.upsert(
+        [
+            turn("a1", "apple banana"),  # 3 terms with the speaker's name, "apple" once
+            turn("a2", "apple pie and apple jam"),  # 6 terms, "apple" twice
+            turn("a3", "cherry tart", speaker="Apple"),  # 3 terms, "apple" only in the name: weight 0.5
+            *(turn(f"f{i}", "grape juice") for i in range(5)),  # 3 terms each
+        ]
+    )
+    # 8 rows of 27 terms: avgdl 3.375; "apple" is in 3 rows: idf = ln((8 - 3 + 0.5) / (3 + 0.5)).
+    # score = idf * f * (k1 + 1) / (f + k1 * (1 - b + b * D / avgdl)) with k1 = 1.2, b = 0.75:
+    idf = math.log(5.5 / 3.5)
+    expected = [
+        ("a2", idf * 2 * 2.2 / (2 + 1.2 * (0.25 + 0.75 * 6 / 3.375))),  # = idf * 4.4 / 3.9
+        ("a1", idf * 1 * 2.2 / (1 + 1.2 * (0.25 + 0.75 * 3 / 3.375))),  # = idf * 2.2 / 2.1
+        ("a3", idf * 0.5 * 2.2 / (0.5 + 1.2 * (0.25 + 0.75 * 3 / 3.375))),  # = idf * 1.1 / 1.6
+    ]
+    hits = await lexical.query("alice", "apples", limit=10)
+    assert [h.turn_id for h in hits] == ["a2", "a1", "a3"]
+    assert [h.score for h in hits] == pytest.approx([s for _, s in expected], rel=1e-12)
+    # "juice" is in more than half of the rows: FTS5 floors its idf at 1e-6, so it barely counts.
+    hits = await lexical.query("alice", "apple juice", limit=10)
+    assert [h.turn_id for h in hits[:3]] == ["a2", "a1", "a3"]
+    assert hits[3].score == pytest.approx(1e-6 * 2.2 / 2.1, rel=1e-9)
+    assert len(hits) == 8 and (hits[0].speaker, hits[2].speaker) == ("Bob", "Apple")
+
+
+async def test_bm25_scores_equal_sqlite_fts5_bm25(lexical: LexicalIndex, tmp_path: Path):
+    turns = [*sample_turns("alice"), turn("x1", "Remember the dentist on Friday, Diane said.", speaker="Diane")]
+    turns += [turn(f"y{i}", f"Sheila called about Texas {i} times", speaker="Sheila") for i in range(3)]
+    await lexical.upsert(turns)
+    db = sqlite3.connect(":memory:")
+    try:
+        db.execute("CREATE VIRTUAL TABLE f USING fts5(text, speaker, tokenize='porter unicode61 remove_diacritics 2')")
+    except sqlite3.OperationalError:
+        pytest.skip("this SQLite has no FTS5")
+    db.executemany(
+        "INSERT INTO f (rowid, text, speaker) VALUES (?, ?, ?)", [(i, t.text, t.speaker) for i, t in enumerate(turns)]
+    )
+    for query in ["where does Diane live", "New Jersey", "Sheila Texas", "hello", "originally from Chicago", "said"]:
+        match = lexical_query(query)
+        want = {
+            turns[rowid].turn_id: -score
+            for rowid, score in db.execute("SELECT rowid, bm25(f, 1.0, 0.5) FROM f WHERE f MATCH ?", (match,))
+        }
+        got = {h.turn_id: h.score for h in await lexical.query("alice", query, limit=100)}
+        assert got == pytest.approx(want, rel=1e-12), query
+
+
+async def test_filters_and_ties(lexical: LexicalIndex):
+    await lexical.upsert(
+        [
+            turn("t1", "the budget for Lisbon", speaker="Diane", conversation="c1", start=T0),
+            turn("t2", "the budget for Lisbon", speaker="Sheila", conversation="c1", start=T0 + 100),
+            turn("t3", "the budget for Lisbon", speaker="Diane", conversation="c2", start=T0 + 200),
+            turn("t4", "nothing to see", speaker="Diane", conversation="c2", start=T0 + 300),
+        ]
+    )
+
+    async def ids(**filters: Any) -> list[str]:
+        return [h.turn_id for h in await lexical.query("alice", "budget", limit=10, **filters)]
+
+    assert await ids() == ["t3", "t2", "t1"]  # equal scores: the latest turn first
+    assert await ids(speaker="Diane") == ["t3", "t1"]
+    assert await ids(speaker="diane") == []  # the index compares exact names; MemorySearch looks them up first
+    assert await ids(conversation_id="c1") == ["t2", "t1"]
+    assert await ids(since=T0 + 102) == ["t3", "t2"]  # end >= since: t2 ends at T0 + 102
+    assert await ids(since=T0 + 103) == ["t3"]
+    assert await ids(until=T0 + 100) == ["t2", "t1"]  # start <= until
+    assert await ids(speaker="Diane", conversation_id="c2", since=T0, until=T0 + 250) == ["t3"]
+    assert await ids(speaker="Nobody") == [] and await ids(conversation_id="nope") == []
+    assert [h.turn_id for h in await lexical.query("alice", "budget", limit=1)] == ["t3"]
+    assert await lexical.query("bob", "budget", limit=10) == []  # another user's turns are apart
+    assert await lexical.speaker_name("alice", "SHEILA") == "Sheila"
+    assert await lexical.speaker_name("alice", "Nobody") is None
+
+
+async def test_updates_and_deletes_show_at_once_and_survive_reopening(tmp_path: Path):
+    index = LexicalIndex(tmp_path)
+    await index.upsert([turn(f"t{i}", f"note {i} about the dentist") for i in range(6)])
+    assert len(await index.query("alice", "dentist", limit=10)) == 6  # loads this user's index
+    await index.upsert([turn("t0", "the plumber comes on Monday"), turn("t9", "dentist again", speaker="Priya")])
+    await index.delete("alice", ids=["t1", "missing"])
+    hits = await index.query("alice", "dentist", limit=10)
+    assert {h.turn_id for h in hits} == {"t2", "t3", "t4", "t5", "t9"}
+    assert [h.text for h in await index.query("alice", "plumber", limit=10)] == ["the plumber comes on Monday"]
+    assert await index.speaker_name("alice", "priya") == "Priya"
+    await index.delete("alice", ids=["t9"])
+    assert await index.speaker_name("alice", "priya") is None  # no turn of Priya's is left
+    await index.upsert([turn("t7", "dentist in the other conversation", conversation="c2")])
+    await index.delete("alice", conversation_id="c1")
+    assert [h.turn_id for h in await index.query("alice", "dentist", limit=10)] == ["t7"]
+    assert await index.count("alice") == 1
+    await index.upsert([turn("t8", "the dentist is on Friday", conversation="c3", start=T0 + 60)])
+    before = scored(await index.query("alice", "dentist Friday", limit=10))
+    await index.close()
+
+    reopened = LexicalIndex(tmp_path)  # written to disk, read back on first use
+    assert scored(await reopened.query("alice", "dentist Friday", limit=10)) == before
+    assert await reopened.count("alice") == 2
+    await reopened.delete("alice")
+    assert await reopened.query("alice", "dentist", limit=10) == [] and await reopened.count("alice") == 0
+    await reopened.close()
+
+
+async def test_compacting_dead_rows_changes_no_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(memory.lexical, "_COMPACT_MIN", 4)
+    index = LexicalIndex(tmp_path)
+    await index.upsert([turn(f"t{i}", f"call Diane about item {i}", start=T0 + i) for i in range(20)])
+    await index.query("alice", "Diane", limit=1)
+    await index.upsert([turn(f"t{i}", f"email Sheila about item {i}", start=T0 + i) for i in range(0, 20, 2)])
+    await index.delete("alice", ids=[f"t{i}" for i in range(1, 12, 2)])
+    shard = index._shards["alice"]
+    assert shard.n == shard.live == 14  # the replaced and deleted rows are gone from memory
+    results = [scored(await index.query("alice", q, limit=30)) for q in ("Diane", "Sheila item", "item 7")]
+    await index.close()
+    reopened = LexicalIndex(tmp_path)
+    assert [scored(await reopened.query("alice", q, limit=30)) for q in ("Diane", "Sheila item", "item 7")] == results
+    await reopened.close()
+
+
+async def test_query_in_the_event_loop_or_a_worker_thread_gives_the_same_hits(
+    lexical: LexicalIndex, monkeypatch: pytest.MonkeyPatch
+):
+    await lexical.upsert(sample_turns("alice"))
+    first = await lexical.query("alice", "Diane New Jersey", limit=5)  # loads in a worker thread
+    inline = await lexical.query("alice", "Diane New Jersey", limit=5)  # in memory: runs right here
+    monkeypatch.setattr(memory.lexical, "_INLINE_POSTINGS", 0)
+    threaded = await lexical.query("alice", "Diane New Jersey", limit=5)
+    assert scored(first) == scored(inline) == scored(threaded) and first[0].text == "This is Diane in New Jersey."
+
+
+async def test_writes_are_on_disk_before_they_return(lexical: LexicalIndex):
+    await lexical.upsert([turn("t1", "the dentist moved my appointment")])
+    with sqlite3.connect(lexical.path) as other:
+        assert other.execute("SELECT text FROM turns WHERE uid = 'alice'").fetchall() == [
+            ("the dentist moved my appointment",)
+        ]
+
+
+async def test_a_file_with_the_old_fts5_table_is_upgraded(tmp_path: Path):
+    old = sqlite3.connect(tmp_path / "lexical.db")
+    try:
+        old.executescript(
+            """
+            CREATE TABLE turns (id INTEGER PRIMARY KEY, uid TEXT NOT NULL, turn_id TEXT NOT NULL,
+                conversation_id TEXT NOT NULL, speaker TEXT NOT NULL, is_user INTEGER NOT NULL,
+                start REAL NOT NULL, "end" REAL NOT NULL, text TEXT NOT NULL, UNIQUE (uid, turn_id));
+            CREATE VIRTUAL TABLE turns_fts USING fts5(text, speaker, content='turns', content_rowid='id');
+            CREATE TRIGGER turns_ai AFTER INSERT ON turns BEGIN
+                INSERT INTO turns_fts (rowid, text, speaker) VALUES (new.id, new.text, new.speaker);
+            END;
+            INSERT INTO turns (uid, turn_id, conversation_id, speaker, is_user, start, "end", text)
+                VALUES ('alice', 't1', 'c1', 'Diane', 0, 1.0, 2.0, 'Diane lives in New Jersey');
+            """
+        )
+    except sqlite3.OperationalError:
+        pytest.skip("this SQLite has no FTS5")
+    old.close()
+    index = LexicalIndex(tmp_path)
+    await index.upsert([turn("t2", "Sheila lives in Texas")])
+    assert {h.turn_id for h in await index.query("alice", "lives", limit=5)} == {"t1", "t2"}
+    tables = {r[0] for r in index._db.execute("SELECT name FROM sqlite_master")}
+    assert "turns_fts" not in tables and "turns_ai" not in tables
+    await index.close()
+
+
+async def test_turns_without_words_are_kept_but_never_found(tmp_path: Path):
+    index = LexicalIndex(tmp_path)
+    await index.upsert([turn("t1", "?!", speaker=""), turn("t2", "...", speaker="")])
+    await index.close()
+    reopened = LexicalIndex(tmp_path)
+    assert await reopened.query("alice", "anything", limit=5) == [] and await reopened.count("alice") == 2
+    await reopened.upsert([turn("t3", "now something", speaker="")])
+    assert [h.turn_id for h in await reopened.query("alice", "something", limit=5)] == ["t3"]
+    await reopened.close()
