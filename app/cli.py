@@ -1,4 +1,4 @@
-"""The ``omi-letta`` command: serve, ingest, enroll, speakers, search, outbox, backfill, simulate, letta-local."""
+"""``omi-letta``: serve, ingest, enroll, speakers, search, outbox, backfill, token, simulate, letta-local."""
 
 from __future__ import annotations
 
@@ -116,6 +116,23 @@ def _parser() -> argparse.ArgumentParser:
     backfill.add_argument("--since", type=_when, metavar="WHEN", help="only conversations ending at or after this")
     backfill.add_argument("--sink", choices=("index", "letta"), help="only this sink (default: every configured one)")
 
+    tokens = commands.add_parser(
+        "token",
+        help="create, list or revoke a user's API tokens",
+        description="API tokens let clients other than the device (scripts, MCP clients, chat) call the HTTP API as "
+        "one user: `Authorization: Bearer olt_...`. A token is shown once, when created; only its hash is stored.",
+    )
+    token_verbs = tokens.add_subparsers(dest="verb", required=True, metavar="VERB")
+    create = token_verbs.add_parser("create", help="make a token for a user and print it (once)")
+    create.add_argument("--uid", required=True, help="the user the token acts as")
+    create.add_argument("--name", default="", help="what the token is for, to tell tokens apart")
+    create.add_argument("--json", action="store_true", help="print the token and its record as JSON")
+    token_list = token_verbs.add_parser("list", help="list tokens (never the tokens themselves)")
+    token_list.add_argument("--uid", help="only this user's tokens")
+    token_list.add_argument("--json", action="store_true", help="print the tokens as JSON")
+    revoke = token_verbs.add_parser("revoke", help="revoke a token by its id")
+    revoke.add_argument("id", metavar="ID")
+
     sim = commands.add_parser("simulate", help="stream a file to a server as an OMI device would")
     sim.add_argument("file", type=Path, metavar="FILE")
     sim.add_argument("--url", default="ws://127.0.0.1:8000/v4/listen", help="the server's /v4/listen URL")
@@ -163,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
             return _outbox(args)
         if args.command == "backfill":
             return _backfill(args)
+        if args.command == "token":
+            return _token(args)
         return _simulate(args)
     except SettingsError as exc:
         print(f"omi-letta: configuration error: {exc}", file=sys.stderr)
@@ -560,6 +579,53 @@ def _backfill(args: argparse.Namespace) -> int:
             await store.close()
 
     return asyncio.run(run())
+
+
+def _token(args: argparse.Namespace) -> int:
+    from memory.errors import NotFoundError
+    from memory.store import ConversationStore, iso
+    from memory.tokens import TokenStore
+
+    settings = load_settings()
+
+    async def run() -> Any:
+        store = await ConversationStore.open(settings.database_url)
+        tokens = TokenStore(store.engine)
+        try:
+            if args.verb == "create":
+                return await tokens.create(args.uid, args.name)
+            if args.verb == "revoke":
+                return await tokens.revoke(args.id)
+            return await tokens.list(args.uid)
+        finally:
+            await store.close()
+
+    try:
+        result = asyncio.run(run())
+    except NotFoundError as exc:
+        print(f"omi-letta token: {exc.detail}", file=sys.stderr)
+        return 1
+    if args.verb == "create":
+        token, record = result
+        if args.json:
+            _print_json({"token": token, **msgspec_builtins(record)})
+        else:
+            print(token)
+            print(f"API token {record.id} for uid {record.uid}; it is not shown again.", file=sys.stderr)
+        return 0
+    if args.verb == "revoke":
+        print(f"revoked token {result.id} ({result.name}) of uid {result.uid}")
+        return 0
+    if args.json:
+        _print_json([msgspec_builtins(t) for t in result])
+        return 0
+    if not result:
+        print("no API tokens; make one with `omi-letta token create --uid U`", file=sys.stderr)
+    for t in result:
+        state = f"revoked {iso(t.revoked_at)[:19]}" if t.revoked_at else "active"
+        used = iso(t.last_used_at)[:19] if t.last_used_at else "never"
+        print(f"{t.id}  {t.hint}…  uid {t.uid}  {t.name}  created {iso(t.created_at)[:19]}  used {used}  {state}")
+    return 0
 
 
 def _letta_local(args: argparse.Namespace) -> int:

@@ -23,6 +23,7 @@ from ingest.errors import DecodeError, NotEnoughSpeechError, UnsupportedAudioErr
 from memory.errors import ConflictError, NotFoundError, StorageError
 from memory.search import MemorySearch
 from memory.speakers import MAX_NAME_CHARS, clean_name
+from memory.tokens import PREFIX as TOKEN_PREFIX
 
 if TYPE_CHECKING:
     import numpy as np
@@ -48,10 +49,19 @@ def provide_services(request: Request[Any, Any, Any]) -> Services:
     return services
 
 
-def provide_uid(request: Request[Any, Any, Any], services: Services) -> str:
-    """The caller's uid from ``Authorization: Bearer <ADMIN_KEY><uid>``; 401 otherwise."""
+async def provide_uid(request: Request[Any, Any, Any], services: Services) -> str:
+    """The caller's uid from ``Authorization: Bearer <token>``: a user's API token (``olt_…``) or
+    ``<ADMIN_KEY><uid>``; 401 otherwise."""
+    header = request.headers.get("authorization")
+    token = header.split(" ")[-1] if header else ""
+    if token.startswith(TOKEN_PREFIX) and services.tokens is not None:
+        uid = await services.tokens.resolve(token)
+        if uid is not None:
+            return uid
+        if not services.settings.auth.local_development:
+            raise NotAuthorizedException(detail="Invalid or revoked API token")
     try:
-        return resolve_uid(request.headers.get("authorization"), services.settings.auth)
+        return resolve_uid(header, services.settings.auth)
     except AuthError as exc:
         raise NotAuthorizedException(detail=str(exc)) from exc
 

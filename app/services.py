@@ -21,6 +21,7 @@ from memory.search import MemorySearch, open_search
 from memory.sinks import load_sinks
 from memory.speakers import SpeakerStore
 from memory.store import ConversationStore
+from memory.tokens import TokenStore
 
 __all__ = ["Services", "check_can_serve"]
 
@@ -59,6 +60,7 @@ class Services:
     deliverer: Deliverer | None = None  # delivery to the sinks; None when changes are not queued
     delivery_lock: DeliveryLock | None = None  # held while this process runs the delivery loops
     _warming: asyncio.Task[object] | None = None
+    tokens: TokenStore | None = None  # per-user API tokens
 
     @property
     def voices(self) -> EmbeddedDiarizer:
@@ -129,7 +131,18 @@ class Services:
         log.info("ready: speech-to-text %s, diarizer %s, database %s", engine.name, diarizer.name, store.dialect)
         memory = open_search(settings.embeddings, settings.vector_index, settings.server.data_dir)
         services = cls(
-            settings, store, conversations, transcriber, vad, metrics, speakers, diarizer, live, voices, memory=memory
+            settings,
+            store,
+            conversations,
+            transcriber,
+            vad,
+            metrics,
+            speakers,
+            diarizer,
+            live,
+            voices,
+            memory=memory,
+            tokens=TokenStore(store.engine),
         )
         if queue:
             services.outbox, services.deliverer = delivery_for(settings, store, memory, metrics)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, LargeBinary, String, Text, func, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-__all__ = ["Base", "ConversationRow", "LettaPassageRow", "OutboxRow", "SegmentRow", "SpeakerProfileRow"]
+__all__ = ["ApiTokenRow", "Base", "ConversationRow", "LettaPassageRow", "OutboxRow", "SegmentRow", "SpeakerProfileRow"]
 
 
 class Base(DeclarativeBase):
@@ -143,3 +143,21 @@ class LettaPassageRow(Base):
         Index("uq_letta_passages_agent_key", "agent_id", "key", unique=True),
         Index("ix_letta_passages_agent_conversation", "agent_id", "conversation_id"),
     )
+
+
+class ApiTokenRow(Base):
+    """A user's API token for clients other than the device. Only its SHA-256 ``digest`` is kept;
+    ``hint`` is the token's first characters, to tell tokens apart in a list."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    uid: Mapped[str] = mapped_column(String(128), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    digest: Mapped[str] = mapped_column(String(64))
+    hint: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[float] = mapped_column(Float)
+    last_used_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+    __table_args__ = (Index("uq_api_tokens_digest", "digest", unique=True),)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -96,3 +97,38 @@ def test_openai_sdk_embeds_through_the_service(memory_server: ServerProcess):
             model="m", input="x"
         )
     assert ADMIN_KEY  # tokens are ADMIN_KEY + uid, as on every route
+
+
+def test_an_api_token_acts_as_its_user_until_revoked(
+    memory_server: ServerProcess, monkeypatch: pytest.MonkeyPatch, tmp_path, capsys: pytest.CaptureFixture[str]
+):
+    from app.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DATA_DIR", str(memory_server.data_dir))
+    assert main(["token", "create", "--uid", "mem-alice", "--name", "notebook", "--json"]) == 0
+    created = json.loads(capsys.readouterr().out)
+    assert created["token"].startswith("olt_") and created["uid"] == "mem-alice" and created["name"] == "notebook"
+
+    def search(bearer: str) -> httpx.Response:
+        return httpx.get(
+            f"{memory_server.http}/v1/memory/search",
+            params={"q": "New Jersey"},
+            headers={"Authorization": f"Bearer {bearer}"},
+            timeout=30,
+        )
+
+    hits = search(created["token"]).json()["items"]
+    assert hits and {h["conversation_id"] for h in hits} == {"conv-sample"}, "alice's memory, not bob's"
+
+    assert main(["token", "list", "--uid", "mem-alice"]) == 0
+    listed = capsys.readouterr().out
+    assert created["id"] in listed and "notebook" in listed and created["token"] not in listed
+    assert "used 20" in listed, "last use is recorded"
+
+    assert main(["token", "revoke", created["id"]]) == 0
+    capsys.readouterr()
+    refused = search(created["token"])
+    assert refused.status_code == 401 and "revoked" in refused.json()["detail"]
+    assert search("olt_not-a-token-at-all").status_code == 401
+    assert main(["token", "revoke", "no-such-id"]) == 1
