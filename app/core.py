@@ -7,12 +7,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
-from litestar import Litestar
+from litestar import Litestar, asgi
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import RedocRenderPlugin, SwaggerRenderPlugin
 
 from app import __version__
+from app.mcp import MemoryMcp
 from app.routes import (
     ConversationController,
     EmbeddingsController,
@@ -33,6 +34,8 @@ from app.ws import listen
 from memory.errors import ConflictError, EmbeddingError, NotFoundError, VectorIndexError
 
 if TYPE_CHECKING:
+    from litestar.types import Receive, Scope, Send
+
     from ingest.asr.base import SpeechToText
     from ingest.diarize.base import Diarizer
 
@@ -51,15 +54,25 @@ def create_app(
     """Build the ASGI app. Models and the database open in the lifespan, once."""
     settings = settings or get_settings()
 
+    started: list[Services] = []
+    memory_mcp = MemoryMcp(lambda: started[0])
+
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         check_can_serve(settings)
         services = await Services.start(settings, asr=asr, diarizer=diarizer)
         app.state.services = services
+        started.append(services)
         try:
-            yield
+            async with memory_mcp.session_manager():
+                yield
         finally:
             await services.stop()
+
+    @asgi("/mcp", is_mount=True)
+    async def mcp(scope: Scope, receive: Receive, send: Send) -> None:
+        """MCP (streamable HTTP): the memory's tools, scoped to the bearer token's user."""
+        await memory_mcp(scope, receive, send)  # type: ignore[arg-type]
 
     return Litestar(
         route_handlers=[
@@ -70,6 +83,7 @@ def create_app(
             SpeakerController,
             MemoryController,
             EmbeddingsController,
+            mcp,
         ],
         dependencies={
             "services": Provide(provide_services, sync_to_thread=False),

@@ -49,19 +49,26 @@ def provide_services(request: Request[Any, Any, Any]) -> Services:
     return services
 
 
-async def provide_uid(request: Request[Any, Any, Any], services: Services) -> str:
-    """The caller's uid from ``Authorization: Bearer <token>``: a user's API token (``olt_…``) or
-    ``<ADMIN_KEY><uid>``; 401 otherwise."""
-    header = request.headers.get("authorization")
-    token = header.split(" ")[-1] if header else ""
+async def authenticate(authorization: str | None, services: Services) -> str:
+    """The uid of ``Authorization: Bearer <token>``: a user's API token (``olt_…``) or ``<ADMIN_KEY><uid>``.
+
+    Raises:
+        AuthError: no usable token; the message is safe to show the client.
+    """
+    token = authorization.split(" ")[-1] if authorization else ""
     if token.startswith(TOKEN_PREFIX) and services.tokens is not None:
         uid = await services.tokens.resolve(token)
         if uid is not None:
             return uid
         if not services.settings.auth.local_development:
-            raise NotAuthorizedException(detail="Invalid or revoked API token")
+            raise AuthError("Invalid or revoked API token")
+    return resolve_uid(authorization, services.settings.auth)
+
+
+async def provide_uid(request: Request[Any, Any, Any], services: Services) -> str:
+    """The caller's uid (see :func:`authenticate`); 401 otherwise."""
     try:
-        return resolve_uid(header, services.settings.auth)
+        return await authenticate(request.headers.get("authorization"), services)
     except AuthError as exc:
         raise NotAuthorizedException(detail=str(exc)) from exc
 
