@@ -31,7 +31,9 @@ from letta_client import NotFoundError as LettaNotFound
 from memory.delivery import Delivery, Sink
 from memory.errors import DeliveryError
 from memory.sinks.ledger import Ledger
+from memory.sinks.letta_tool import SECRET_TOKEN, SECRET_URL, SOURCE, TOOL_NAME
 from memory.sinks.passages import PassageGroup, group_turns, recent_block, summary_line
+from memory.tokens import TokenStore
 
 if TYPE_CHECKING:
     from app.settings import Settings
@@ -57,6 +59,7 @@ class AgentSpec:
     def __init__(self, settings: Settings, embedding: EmbeddingSpec) -> None:
         self.model = settings.letta.model
         self.embedding = settings.letta.embedding
+        self.service_url = settings.service_url
         self.endpoint = f"{settings.service_url}/v1"
         self._embedding_spec = embedding
 
@@ -142,6 +145,7 @@ class LettaSink(Sink):
         notify_on_close: bool = False,
         stale_s: float = 60.0,
         watch_s: float = 3600.0,
+        memory_tool: bool = True,
     ) -> None:
         self.client = client
         self.store = store
@@ -153,6 +157,8 @@ class LettaSink(Sink):
         self.stale_s = stale_s
         self.watch_s = watch_s  # how long a re-inserted group is watched for a late copy
         self._next_watch = 0.0
+        self.memory_tool = memory_tool  # give agents we create or adopt the search_memory tool
+        self._tool_id: str | None = None
         self._configured = dict(agents or {})
         self._agents: dict[str, str] = {}
         self._archives: dict[str, str] = {}
@@ -216,26 +222,58 @@ class LettaSink(Sink):
     # --- agents -----------------------------------------------------------------------------
 
     async def agent_for(self, uid: str) -> str:
-        """The agent of ``uid``: the configured one, else the one tagged ``omi-uid:<uid>``, else a new one."""
+        """The agent of ``uid``: the configured one, else the one tagged ``omi-uid:<uid>``, else a new one.
+
+        An agent we create or adopt gets the ``search_memory`` tool (see :mod:`memory.sinks.letta_tool`).
+        """
         if uid in self._agents:
             return self._agents[uid]
         async with self._uid_locks[uid]:
             if uid in self._agents:
                 return self._agents[uid]
-            agent = self._configured.get(uid) or self._configured.get("*")
-            if agent is None:
+            configured = self._configured.get(uid) or self._configured.get("*")
+            if configured is not None:
+                async with _letta("finding the configured agent"):
+                    found = [await self.client.agents.retrieve(configured, include=["agent.tools"])]
+            else:
                 async with _letta("listing agents"):
-                    page = await self.client.agents.list(tags=[f"omi-uid:{uid}"], match_all_tags=True, limit=1)
+                    page = await self.client.agents.list(
+                        tags=[f"omi-uid:{uid}"], match_all_tags=True, limit=1, include=["agent.tools"]
+                    )
                 found = list(page.items)
-                if found:
-                    agent = found[0].id
-                else:
-                    args = await self.spec.create_args(uid)
-                    async with _letta("creating an agent"):
-                        agent = (await self.client.agents.create(**args)).id
-                    log.info("created Letta agent %s for uid %s", agent, uid)
+            if found:
+                agent = found[0].id
+                if self.memory_tool and TOOL_NAME not in {t.name for t in found[0].tools or []}:
+                    await self._give_memory_tool(agent, uid)
+            else:
+                args = await self.spec.create_args(uid)
+                if self.memory_tool:
+                    args["tool_ids"] = [await self._memory_tool_id()]
+                    args["secrets"] = await self._memory_secrets(uid)
+                async with _letta("creating an agent"):
+                    agent = (await self.client.agents.create(**args)).id
+                log.info("created Letta agent %s for uid %s", agent, uid)
             self._agents[uid] = agent
             return agent
+
+    async def _memory_tool_id(self) -> str:
+        if self._tool_id is None:
+            async with _letta("installing the search_memory tool"):
+                self._tool_id = (await self.client.tools.upsert(source_code=SOURCE)).id
+        return self._tool_id
+
+    async def _memory_secrets(self, uid: str) -> dict[str, str]:
+        """What the tool needs: this service's URL and a new API token of ``uid``."""
+        token, _ = await TokenStore(self.store.engine).create(uid, "Letta agent (search_memory tool)")
+        return {SECRET_URL: self.spec.service_url, SECRET_TOKEN: token}
+
+    async def _give_memory_tool(self, agent: str, uid: str) -> None:
+        tool = await self._memory_tool_id()
+        secrets = await self._memory_secrets(uid)
+        async with _letta("giving the agent the search_memory tool"):
+            await self.client.agents.update(agent, secrets=secrets)
+            await self.client.agents.tools.attach(tool, agent_id=agent)
+        log.info("gave Letta agent %s of uid %s the search_memory tool", agent, uid)
 
     # --- passages ---------------------------------------------------------------------------
 

@@ -242,3 +242,23 @@ async def test_a_late_copy_of_a_reinserted_group_is_deleted(
         assert (await sink.ledger.entries(agent, conversation.id))[group.key].passage_id == kept.id
     finally:
         await sink.close()
+
+
+async def test_an_adopted_agent_gets_the_search_memory_tool_and_a_token(
+    letta: LocalLetta, store: ConversationStore, embeddings: StandInEmbeddings
+):
+    from memory.tokens import TokenStore
+
+    sink = make_sink(letta, store, embeddings)
+    uid = f"sink-{uuid.uuid4().hex[:8]}"
+    try:
+        args = await sink.spec.create_args(uid)  # made elsewhere, without our tool
+        existing = await sink.client.agents.create(**args)
+        assert await sink.agent_for(uid) == existing.id, "the agent tagged omi-uid:<uid> is adopted"
+        adopted = await sink.client.agents.retrieve(existing.id, include=["agent.tools", "agent.secrets"])
+        assert "search_memory" in {t.name for t in adopted.tools or []}
+        secrets = {s.key: s.value for s in adopted.secrets or []}
+        assert secrets["OMI_LETTA_URL"] == embeddings.url.removesuffix("/v1")
+        assert await TokenStore(store.engine).resolve(secrets["OMI_LETTA_TOKEN"]) == uid
+    finally:
+        await sink.close()
