@@ -87,7 +87,7 @@ def create_app(
         ],
         dependencies={
             "services": Provide(provide_services, sync_to_thread=False),
-            "uid": Provide(provide_uid, sync_to_thread=False),
+            "uid": Provide(provide_uid),
         },
         lifespan=[lifespan],
         exception_handlers={
