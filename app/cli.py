@@ -140,6 +140,13 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--token", default="dev-token", help="bearer token: ADMIN_KEY followed by your uid")
     sim.add_argument("--speed", type=float, default=1.0, help="pace at real time × SPEED (default: 1)")
     sim.add_argument("--language", default="en")
+    sim.add_argument(
+        "--settle",
+        type=float,
+        default=3.0,
+        metavar="S",
+        help="after the file, close once no segment has arrived for S seconds (default: 3)",
+    )
     sim.add_argument("--json", action="store_true", help="print the final segment list as JSON to stdout")
 
     local = commands.add_parser(
@@ -656,6 +663,7 @@ def _simulate(args: argparse.Namespace) -> int:
                 codec=args.codec,
                 token=args.token,
                 speed=args.speed,
+                settle_s=args.settle,
                 language=args.language,
                 on_segments=lambda segs: print_live(segs, live),
             )

@@ -20,7 +20,7 @@ CLIPS = [
 def _simulate_cli(server: ServerProcess, path: Path, uid: str, *extra: str) -> list[dict]:
     done = subprocess.run(
         [sys.executable, "-m", "app", "simulate", str(path), "--url", server.ws, "--token", token(uid),
-         "--codec", "opus_fs320", "--speed", "4", "--json", *extra],
+         "--codec", "opus_fs320", "--speed", "4", "--settle", "10", "--json", *extra],
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
