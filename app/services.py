@@ -147,24 +147,23 @@ class Services:
         if queue:
             services.outbox, services.deliverer = delivery_for(settings, store, memory, metrics)
             if deliver:
-                await services.start_delivery()
+                await services._start_delivery()
         return services
 
-    async def start_delivery(self) -> bool:
-        """Run the delivery loops here if no other process does; whether they run here."""
+    async def _start_delivery(self) -> None:
+        """Run the delivery loops here, unless another process does."""
         if self.deliverer is None:
-            return False
+            return
         if self.delivery_lock is None:
             lock = DeliveryLock(self.settings.server.data_dir)
             if not lock.acquire():
                 log.warning("another process delivers from %s; this one only queues", self.settings.server.data_dir)
-                return False
+                return
             self.delivery_lock = lock
             self.store.on_enqueue = self.deliverer.wake
             self.deliverer.start()
             if self.memory is not None:  # delivery embeds every turn: load the model now, not on the first one
                 self._warming = asyncio.create_task(self.memory.embedder(), name="load-embedder")
-        return True
 
     async def stop(self) -> None:
         """Stop background work and close the database."""

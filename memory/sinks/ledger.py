@@ -143,9 +143,3 @@ class Ledger:
             await session.execute(
                 delete(LettaPassageRow).where(LettaPassageRow.agent_id == agent_id, LettaPassageRow.key.in_(keys))
             )
-
-    async def count(self, agent_id: str) -> int:
-        """How many groups the ledger holds for the agent."""
-        async with self._sessions() as session:
-            rows = await session.scalars(select(LettaPassageRow.id).where(LettaPassageRow.agent_id == agent_id))
-            return len(rows.all())

@@ -277,16 +277,14 @@ class LettaSink(Sink):
 
     # --- passages ---------------------------------------------------------------------------
 
-    async def sync(self, agent: str, uid: str, conversation_id: str, conversation: Conversation | None) -> int:
-        """Make the agent hold exactly the conversation's current passage groups; returns how many were inserted.
+    async def sync_many(self, agent: str, uid: str, conversations: dict[str, Conversation | None]) -> int:
+        """Make the agent hold exactly these conversations' current passage groups (``None``: deleted).
+
+        One insert request carries every missing group. Returns how many were inserted.
 
         Raises:
             DeliveryError: Letta failed, or another process is inserting these groups right now.
         """
-        return await self.sync_many(agent, uid, {conversation_id: conversation})
-
-    async def sync_many(self, agent: str, uid: str, conversations: dict[str, Conversation | None]) -> int:
-        """:meth:`sync` for several conversations (``None``: deleted), with one insert request for them all."""
         missing: dict[str, list[PassageGroup]] = {}
         stale: dict[str, str] = {}
         for cid, conversation in conversations.items():
@@ -438,12 +436,6 @@ class LettaSink(Sink):
             for hit in hits:
                 if hit.passage.id:
                     await self._delete_passage(agent, hit.passage.id)
-
-    async def passages(self, agent: str, conversation_id: str) -> list[Any]:
-        """The agent's passages of one conversation (tests and ``omi-letta outbox``)."""
-        async with _letta("looking up passages by tag"):
-            hits = await self.client.passages.search(agent_id=agent, tags=[f"conv:{conversation_id}"], limit=100)
-        return [h.passage for h in hits]
 
     # --- core memory --------------------------------------------------------------------------
 
