@@ -1,4 +1,4 @@
-"""``omi-letta``: serve, ingest, enroll, speakers, search, outbox, backfill, token, simulate, letta-local."""
+"""``omi-letta``: serve, ingest, enroll, speakers, search, outbox, backfill, token, chat, simulate, letta-local."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -133,6 +134,20 @@ def _parser() -> argparse.ArgumentParser:
     revoke = token_verbs.add_parser("revoke", help="revoke a token by its id")
     revoke.add_argument("id", metavar="ID")
 
+    chat = commands.add_parser(
+        "chat",
+        help="ask your agent about your past conversations (a terminal chat)",
+        description="Chat with your Letta agent through a running service's POST /v1/chat. The agent searches "
+        "your memory with its tools; its answer streams in as it is written. Type a question per line; Ctrl-D "
+        "or /quit leaves. Without a terminal, each line of standard input is one question.",
+    )
+    chat.add_argument("--url", help="the service (default: http://127.0.0.1:PORT)")
+    chat.add_argument(
+        "--token", help="your API token (`omi-letta token create --uid U`); default: the OMI_LETTA_TOKEN variable"
+    )
+    chat.add_argument("-m", "--message", help="ask this one question, print the answer and exit")
+    chat.add_argument("-v", "--verbose", action="store_true", help="also show the agent's reasoning and tool results")
+
     sim = commands.add_parser("simulate", help="stream a file to a server as an OMI device would")
     sim.add_argument("file", type=Path, metavar="FILE")
     sim.add_argument("--url", default="ws://127.0.0.1:8000/v4/listen", help="the server's /v4/listen URL")
@@ -189,12 +204,32 @@ def main(argv: list[str] | None = None) -> int:
             return _backfill(args)
         if args.command == "token":
             return _token(args)
+        if args.command == "chat":
+            return _chat(args)
         return _simulate(args)
     except SettingsError as exc:
         print(f"omi-letta: configuration error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _chat(args: argparse.Namespace) -> int:
+    from app.chat_client import ChatClientError, ask, printer, repl
+
+    token = args.token or os.environ.get("OMI_LETTA_TOKEN", "")
+    if not token:
+        print("omi-letta chat: give --token or set OMI_LETTA_TOKEN (omi-letta token create --uid U)", file=sys.stderr)
+        return 2
+    url = args.url or f"http://127.0.0.1:{load_settings().server.port}"
+    if args.message is None:
+        return repl(url, token, verbose=args.verbose)
+    try:
+        ask(url, token, args.message, printer(sys.stdout, verbose=args.verbose))
+    except ChatClientError as exc:
+        print(f"omi-letta chat: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -214,6 +249,8 @@ def _serve(args: argparse.Namespace) -> int:
         port=server.port,
         log_level=settings.server.log_level.lower(),
         ws_max_size=1 << 20,
+        # Open streams (a device's, a web page's) get this long to finish before shutdown goes on.
+        timeout_graceful_shutdown=10,
     )
     return 0
 

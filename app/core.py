@@ -10,10 +10,11 @@ from typing import TYPE_CHECKING
 from litestar import Litestar, asgi
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import RedocRenderPlugin, SwaggerRenderPlugin
 
 from app import __version__
+from app.chat import ChatController
 from app.mcp import MemoryMcp
+from app.page import API_DOCS, api_docs, page, page_asset
 from app.routes import (
     ConversationController,
     EmbeddingsController,
@@ -21,6 +22,7 @@ from app.routes import (
     SpeakerController,
     conflict,
     health,
+    live,
     memory_unavailable,
     metrics,
     not_found,
@@ -48,6 +50,23 @@ def configure_logging(level: str) -> None:
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLevelName(level)))  # a line per request
 
 
+class _NoQueryStrings(logging.Filter):
+    """Drops the query string from access log lines: it may hold what was said (``/v1/memory/search?q=``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str) and "?" in args[2]:
+            record.args = (*args[:2], args[2].split("?", 1)[0] + "?…", *args[3:])
+        return True
+
+
+def hide_query_strings() -> None:
+    """Keep query strings out of the server's access log (the server has configured its loggers by now)."""
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, _NoQueryStrings) for f in access.filters):
+        access.addFilter(_NoQueryStrings())
+
+
 def create_app(
     settings: Settings | None = None, *, asr: SpeechToText | None = None, diarizer: Diarizer | None = None
 ) -> Litestar:
@@ -60,6 +79,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         check_can_serve(settings)
+        hide_query_strings()
         services = await Services.start(settings, asr=asr, diarizer=diarizer)
         app.state.services = services
         started.append(services)
@@ -79,11 +99,16 @@ def create_app(
             listen,
             health,
             metrics,
+            live,
             ConversationController,
             SpeakerController,
             MemoryController,
             EmbeddingsController,
+            ChatController,
             mcp,
+            page,
+            page_asset,
+            api_docs,
         ],
         dependencies={
             "services": Provide(provide_services, sync_to_thread=False),
@@ -101,7 +126,7 @@ def create_app(
             title="omi-letta",
             version=__version__,
             description="OMI-compatible ingest of live audio into stored, speaker-attributed conversations.",
-            path="/",
-            render_plugins=[SwaggerRenderPlugin(path="/docs"), RedocRenderPlugin(path="/redoc")],
+            path="/schema",  # the JSON at /schema/openapi.json; `/` is the web page
+            render_plugins=list(API_DOCS.values()),
         ),
     )

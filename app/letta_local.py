@@ -14,6 +14,10 @@ When we run as root, PostgreSQL runs as the ``postgres`` user. If that user cann
 
 Every step is idempotent: a second start reuses the environment, the database and the schema.
 Nothing is sent anywhere: Sentry, OpenTelemetry and Datadog stay unset for the server.
+
+The server guards against MCP servers on private addresses, as a shared cloud server must. This
+one serves a single machine, and the MCP server its agents need is ours on 127.0.0.1, so it starts
+with that guard relaxed for loopback addresses only (:data:`_SERVER_SCRIPT`).
 """
 
 from __future__ import annotations
@@ -61,6 +65,27 @@ _TELEMETRY_ENV = (
     "OTEL_EXPORTER_OTLP_ENDPOINT",
     "CLICKHOUSE_ENDPOINT",
 )
+
+# Run inside the letta venv: `letta server`, with MCP servers on loopback addresses allowed. The
+# check is patched where it is defined, before any module that imports it is loaded.
+_SERVER_SCRIPT = """
+import ipaddress, sys
+from urllib.parse import urlparse
+import letta.helpers.url_validation as url_validation
+_check = url_validation.validate_mcp_server_url
+def validate_mcp_server_url(url, *, resolve_hostname=True):
+    host = (urlparse(url).hostname or "").lower()
+    try:
+        if host == "localhost" or ipaddress.ip_address(host).is_loopback:
+            return url
+    except ValueError:
+        pass
+    return _check(url, resolve_hostname=resolve_hostname)
+url_validation.validate_mcp_server_url = validate_mcp_server_url
+from letta.main import app
+sys.argv = ["letta", "server", *sys.argv[1:]]
+sys.exit(app())
+"""
 
 # Run inside the letta venv: the schema the Alembic migrations would have made (the wheel has none).
 _SCHEMA_SCRIPT = """
@@ -452,7 +477,15 @@ class LocalLetta:
         started = time.monotonic()
         with log.open("ab") as out:
             self._server = subprocess.Popen(
-                [str(self.venv / "bin" / "letta"), "server", "--host", "127.0.0.1", "--port", str(self.port)],
+                [
+                    str(self.venv / "bin" / "python"),
+                    "-c",
+                    _SERVER_SCRIPT,
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -490,7 +523,8 @@ class LocalLetta:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except (OSError, ValueError):
             return
-        if str(self.venv / "bin" / "letta").encode() not in cmdline:
+        ours = _SERVER_SCRIPT.encode() in cmdline or str(self.venv / "bin" / "letta").encode() in cmdline
+        if not ours:
             return
         self._progress(f"stopping a Letta server left running by an earlier run (pid {pid})")
         with contextlib.suppress(ProcessLookupError):

@@ -108,8 +108,13 @@ class MemoryMcp:
 
         return await authenticate(authorization, self._services())
 
+    def _uid(self, ctx: Context, tool: str) -> str:
+        """The caller's uid; counts the call (``mcp_calls_<tool>_total``)."""
+        self._services().metrics.inc(f"mcp_calls_{tool}_total")
+        return self._caller(ctx)
+
     @staticmethod
-    def _uid(ctx: Context) -> str:
+    def _caller(ctx: Context) -> str:
         request = ctx.request_context.request
         uid = getattr(getattr(request, "state", None), "omi_uid", None)
         if not uid:
@@ -142,7 +147,7 @@ class MemoryMcp:
             if memory is None:
                 return "Memory search is not configured on this service."
             hits = await memory.search(
-                self._uid(ctx),
+                self._uid(ctx, "search_memory"),
                 query,
                 limit=max(1, min(limit, MAX_LIMIT)),
                 speaker=speaker,
@@ -163,7 +168,7 @@ class MemoryMcp:
                 id: the conversation id, as other tools print it.
             """
             try:
-                conversation = await services().store.get(self._uid(ctx), id)
+                conversation = await services().store.get(self._uid(ctx, "get_conversation"), id)
             except NotFoundError:
                 return f"There is no conversation {id}."
             return _transcript(conversation)
@@ -180,7 +185,7 @@ class MemoryMcp:
                 limit: how many to return, 1 to 50.
             """
             start, end = _epoch(since, "since"), _epoch(until, "until")
-            page, _ = await services().store.page(self._uid(ctx), limit=200, offset=0)
+            page, _ = await services().store.page(self._uid(ctx, "list_conversations"), limit=200, offset=0)
             found = [
                 c
                 for c in page
@@ -200,7 +205,7 @@ class MemoryMcp:
             memory = services().memory
             if memory is None:
                 return "Memory search is not configured on this service."
-            hits = await memory.lexical.query(self._uid(ctx), text, limit=3)
+            hits = await memory.lexical.query(self._uid(ctx, "who_said"), text, limit=3)
             if not hits:
                 return f"No one in memory said anything like {text!r}."
             return "\n".join(

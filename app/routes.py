@@ -1,4 +1,4 @@
-"""HTTP API: health, metrics, the caller's conversations and voice profiles."""
+"""HTTP API: health, metrics, the live transcript, the caller's conversations and voice profiles."""
 
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ from litestar.datastructures import UploadFile
 from litestar.enums import RequestEncodingType
 from litestar.exceptions import NotAuthorizedException, ServiceUnavailableException, ValidationException
 from litestar.params import Body, Parameter
-from litestar.response import Response
+from litestar.response import Response, ServerSentEvent, ServerSentEventMessage
 
 from app.auth import AuthError, resolve_uid
+from app.live import LiveHub
 from app.services import Services
 from ingest.errors import DecodeError, NotEnoughSpeechError, UnsupportedAudioError
 from memory.errors import ConflictError, NotFoundError, StorageError
@@ -26,6 +27,8 @@ from memory.speakers import MAX_NAME_CHARS, clean_name
 from memory.tokens import PREFIX as TOKEN_PREFIX
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     import numpy as np
     from numpy.typing import NDArray
 
@@ -37,6 +40,7 @@ __all__ = [
     "MemoryController",
     "SpeakerController",
     "health",
+    "live",
     "metrics",
 ]
 
@@ -93,6 +97,39 @@ async def health(services: Services) -> dict[str, Any]:
 async def metrics(services: Services) -> str:
     """Counters and latency quantiles in the Prometheus text format."""
     return services.metrics.render()
+
+
+LIVE_PING_S = 15.0
+
+
+@get("/v1/live", tags=["conversations"], summary="Your live transcript, as server-sent events")
+async def live(services: Services, uid: str) -> ServerSentEvent:
+    """The caller's in-progress conversation as it is heard, for a web page.
+
+    A ``ready`` event says the stream is listening. Then ``segments`` events carry lists of OMI
+    segments exactly as the device receives them (re-sent with the same ``id`` as they grow),
+    ``relabel`` events lists of stored segments whose speaker changed (in any of the caller's
+    conversations), and ``conversation`` events the OMI conversation events
+    (``memory_processing_started``, ``memory_created``). A comment line every 15 s keeps the
+    connection open. A client that falls far behind is disconnected: reconnect, and reload the
+    in-progress conversation.
+    """
+    return ServerSentEvent(_live_events(services.live, uid))
+
+
+async def _live_events(hub: LiveHub, uid: str) -> AsyncIterator[ServerSentEventMessage]:
+    async with hub.subscribe(uid) as events:
+        yield ServerSentEventMessage(event="ready", data="{}")
+        while True:
+            try:
+                async with asyncio.timeout(LIVE_PING_S):
+                    event = await events.get()
+            except TimeoutError:
+                yield ServerSentEventMessage(data=None, comment="ping")
+                continue
+            if event is None:
+                return
+            yield ServerSentEventMessage(event=event.kind, data=msgspec.json.encode(event.data).decode())
 
 
 class ConversationController(Controller):

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from app.live import LiveHub
 from app.settings import Settings, SettingsError
 from ingest.asr import SpeechToText, load_asr
 from ingest.conversations import ConversationManager, clamp_timeout
@@ -15,10 +16,12 @@ from ingest.metrics import Metrics
 from ingest.speakers import LiveSpeakers
 from ingest.stream import Transcriber
 from ingest.vad import SileroVad, VadParams, load_vad
+from memory.chat import AgentChat
 from memory.delivery import Deliverer, DeliveryLock
 from memory.outbox import Outbox, RetryPolicy
 from memory.search import MemorySearch, open_search
 from memory.sinks import load_sinks
+from memory.sinks.letta import LettaSink
 from memory.speakers import SpeakerStore
 from memory.store import ConversationStore
 from memory.tokens import TokenStore
@@ -61,6 +64,8 @@ class Services:
     delivery_lock: DeliveryLock | None = None  # held while this process runs the delivery loops
     _warming: asyncio.Task[object] | None = None
     tokens: TokenStore | None = None  # per-user API tokens
+    live: LiveHub = field(default_factory=LiveHub)  # the live transcript, fanned out to web pages
+    chat: AgentChat | None = None  # chat with each user's Letta agent; None without Letta delivery
 
     @property
     def voices(self) -> EmbeddedDiarizer:
@@ -143,9 +148,13 @@ class Services:
             voices,
             memory=memory,
             tokens=TokenStore(store.engine),
+            live=LiveHub(conversations.subscribe),
         )
         if queue:
             services.outbox, services.deliverer = delivery_for(settings, store, memory, metrics)
+            letta = next((s for s in services.deliverer.sinks if isinstance(s, LettaSink)), None)
+            if letta is not None:
+                services.chat = AgentChat(letta, timeout_s=settings.llm.chat_timeout_s)
             if deliver:
                 await services._start_delivery()
         return services
@@ -167,6 +176,7 @@ class Services:
 
     async def stop(self) -> None:
         """Stop background work and close the database."""
+        self.live.close()
         await self.conversations.stop()
         if self.deliverer is not None:
             await self.deliverer.stop()

@@ -7,11 +7,13 @@ checks they agree). A wrong value raises :class:`SettingsError` naming the varia
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import MISSING, dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, get_type_hints
+from urllib.parse import urlparse
 
 __all__ = [
     "AsrSettings",
@@ -21,6 +23,8 @@ __all__ = [
     "DiarizationSettings",
     "EmbeddingSettings",
     "LettaSettings",
+    "LlmSettings",
+    "PrivacySettings",
     "ServerSettings",
     "Settings",
     "SettingsError",
@@ -40,6 +44,30 @@ class SettingsError(ValueError):
 def setting(env: str, default: Any, doc: str, choices: tuple[str, ...] | None = None) -> Any:
     """Declare a settings field bound to environment variable ``env``."""
     return field(default=default, metadata={"env": env, "doc": doc, "choices": choices})
+
+
+def is_loopback(url: str) -> bool:
+    """Whether ``url`` points at this machine: ``localhost`` or a loopback address."""
+    host = (urlparse(url).hostname or "").rstrip(".").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class PrivacySettings:
+    """What may leave the machine."""
+
+    mode: str = setting(
+        "PRIVACY_MODE",
+        "local",
+        "`local`: no audio, transcript or embedding leaves this machine, and settings that would send them "
+        "elsewhere are refused at startup; `cloud`: endpoints on other machines are allowed.",
+        choices=("local", "cloud"),
+    )
 
 
 @dataclass(frozen=True)
@@ -299,8 +327,8 @@ class LettaSettings:
     model: str = setting(
         "LETTA_MODEL",
         "",
-        "Model handle of agents we create, e.g. `openai/gpt-4o-mini`; empty means this service's own "
-        "OpenAI-compatible endpoint at LETTA_SERVICE_URL.",
+        "Model handle of agents we create, as the Letta server names it (e.g. `openai/gpt-4o-mini`); empty means "
+        "LLM_MODEL at LLM_BASE_URL.",
     )
     embedding: str = setting(
         "LETTA_EMBEDDING",
@@ -311,7 +339,16 @@ class LettaSettings:
     service_url: str = setting(
         "LETTA_SERVICE_URL",
         "",
-        "URL at which the Letta server reaches this service (embeddings); empty means http://127.0.0.1:PORT.",
+        "URL at which the Letta server reaches this service (embeddings, the agents' memory tools); empty means "
+        "http://127.0.0.1:PORT.",
+    )
+    memory_tools: str = setting(
+        "LETTA_MEMORY_TOOLS",
+        "mcp",
+        "How agents we create or adopt search the memory: `mcp` registers this service's MCP server "
+        "(`/mcp`) with the Letta server and attaches its tools, falling back to `http` where the Letta server "
+        "refuses it; `http` installs the `search_memory_http` custom tool; `none` adds no tool.",
+        choices=("mcp", "http", "none"),
     )
     passage_max_chars: int = setting(
         "LETTA_PASSAGE_MAX_CHARS", 1500, "Consecutive turns are grouped into one archival passage up to this size."
@@ -357,6 +394,32 @@ class LettaSettings:
 
 
 @dataclass(frozen=True)
+class LlmSettings:
+    """The language model of the agents we create: any OpenAI-compatible chat completions endpoint."""
+
+    base_url: str = setting(
+        "LLM_BASE_URL",
+        "http://127.0.0.1:11434/v1",
+        "OpenAI-compatible endpoint of the agents' model: a local Ollama (the default), vLLM "
+        "(`http://127.0.0.1:8001/v1`), or OpenAI (`https://api.openai.com/v1`, needs PRIVACY_MODE=cloud).",
+    )
+    model: str = setting("LLM_MODEL", "llama3.2", "Model name at LLM_BASE_URL, e.g. `llama3.2` or `gpt-4o-mini`.")
+    api_key: str = setting(
+        "LLM_API_KEY", "", "API key of LLM_BASE_URL, if it needs one; kept by Letta as a provider of its own."
+    )
+    context_window: int = setting("LLM_CONTEXT_WINDOW", 16384, "Context window of LLM_MODEL, in tokens.")
+    chat_timeout_s: float = setting(
+        "CHAT_TIMEOUT_S", 300.0, "Longest a chat reply may take, and how long a message waits for the agent's last one."
+    )
+
+    def __post_init__(self) -> None:
+        if not self.base_url.startswith(("http://", "https://")):
+            raise SettingsError("LLM_BASE_URL must start with http:// or https://")
+        _check_range("LLM_CONTEXT_WINDOW", self.context_window, 1024, 2_000_000)
+        _check_range("CHAT_TIMEOUT_S", self.chat_timeout_s, 5.0, 3600.0)
+
+
+@dataclass(frozen=True)
 class DeliverySettings:
     """How the outbox retries delivery to Letta and the vector index."""
 
@@ -378,6 +441,7 @@ class DeliverySettings:
 class Settings:
     """All settings of the service."""
 
+    privacy: PrivacySettings = field(default_factory=PrivacySettings)
     server: ServerSettings = field(default_factory=ServerSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     asr: AsrSettings = field(default_factory=AsrSettings)
@@ -386,9 +450,25 @@ class Settings:
     diarization: DiarizationSettings = field(default_factory=DiarizationSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
     letta: LettaSettings = field(default_factory=LettaSettings)
+    llm: LlmSettings = field(default_factory=LlmSettings)
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     embeddings: EmbeddingSettings = field(default_factory=EmbeddingSettings)
     vector_index: VectorIndexSettings = field(default_factory=VectorIndexSettings)
+
+    def __post_init__(self) -> None:
+        if self.privacy.mode == "local":
+            for problem in self.leaves_machine():
+                raise SettingsError(
+                    f"{problem}, but PRIVACY_MODE=local keeps transcripts on this machine. Point it at this "
+                    "machine (127.0.0.1), or set PRIVACY_MODE=cloud to allow it."
+                )
+
+    def leaves_machine(self) -> list[str]:
+        """The settings that would send audio, transcripts or embeddings to another machine."""
+        found = []
+        if not self.letta.model and not is_loopback(self.llm.base_url):
+            found.append(f"LLM_BASE_URL={self.llm.base_url} is on another machine")
+        return found
 
     @property
     def service_url(self) -> str:
@@ -409,6 +489,7 @@ class Settings:
 
 
 SECTIONS: tuple[type, ...] = (
+    PrivacySettings,
     ServerSettings,
     AuthSettings,
     AsrSettings,
@@ -419,6 +500,7 @@ SECTIONS: tuple[type, ...] = (
     EmbeddingSettings,
     VectorIndexSettings,
     LettaSettings,
+    LlmSettings,
     DeliverySettings,
 )
 

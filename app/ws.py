@@ -21,6 +21,7 @@ from litestar import WebSocket, websocket
 from litestar.exceptions import WebSocketDisconnect
 
 from app.auth import AuthError, resolve_uid
+from app.live import LiveEvent
 from ingest.decode import make_decoder
 from ingest.errors import DecodeError, IngestError, UnsupportedAudioError
 from ingest.speakers import identity_fields, name_speaker
@@ -169,7 +170,9 @@ async def listen(socket: WebSocket) -> None:
             changed = await conversations.preview(uid, segments)
             previewed.update(seg.id for seg in changed if seg.id not in {a.id for a in segments})
         if changed:
-            await session.send_json(_segments_payload(changed))
+            payload = _segments_payload(changed)
+            await session.send_json(payload)
+            services.live.publish(uid, LiveEvent("segments", payload))
         for speaker_id, identity in found:
             await _announce(session, services, uid, speaker_id, identity, segments)
 

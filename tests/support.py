@@ -110,8 +110,8 @@ class ServerProcess:
     def get(self, path: str, uid: str = "alice", **kwargs: Any) -> httpx.Response:
         return httpx.get(f"{self.http}{path}", headers={"Authorization": f"Bearer {token(uid)}"}, timeout=30, **kwargs)
 
-    def post(self, path: str, uid: str = "alice") -> httpx.Response:
-        return httpx.post(f"{self.http}{path}", headers={"Authorization": f"Bearer {token(uid)}"}, timeout=60)
+    def post(self, path: str, uid: str = "alice", **kwargs: Any) -> httpx.Response:
+        return httpx.post(f"{self.http}{path}", headers={"Authorization": f"Bearer {token(uid)}"}, timeout=60, **kwargs)
 
     def patch(self, path: str, uid: str = "alice", **kwargs: Any) -> httpx.Response:
         return httpx.patch(

@@ -19,9 +19,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -31,7 +33,7 @@ from letta_client import NotFoundError as LettaNotFound
 from memory.delivery import Delivery, Sink
 from memory.errors import DeliveryError
 from memory.sinks.ledger import Ledger
-from memory.sinks.letta_tool import SECRET_TOKEN, SECRET_URL, SOURCE, TOOL_NAME
+from memory.sinks.letta_tool import SECRET_TOKEN, SECRET_URL, SOURCE
 from memory.sinks.passages import PassageGroup, group_turns, recent_block, summary_line
 from memory.tokens import TokenStore
 
@@ -41,11 +43,15 @@ if TYPE_CHECKING:
     from memory.outbox import OutboxRecord
     from memory.store import Conversation, ConversationStore
 
-__all__ = ["RECENT_BLOCK", "AgentSpec", "LettaSink"]
+__all__ = ["MCP_SERVER_NAME", "RECENT_BLOCK", "TOOLS_UID", "AgentSpec", "LettaSink"]
 
 log = logging.getLogger(__name__)
 
 RECENT_BLOCK = "recent_conversations"
+MCP_SERVER_NAME = "omi-letta"
+LLM_PROVIDER = "omi-letta-llm"
+MCP_TOOLS = ("search_memory", "get_conversation", "list_conversations", "who_said")
+TOOLS_UID = "omi-letta:letta-tools"  # a user with no memory: Letta lists our MCP tools as them
 RECENT_BLOCK_CHARS = 6000
 BATCH = 100  # passages per insert request
 WATCH_EVERY_S = 3.0  # how often watched groups are looked up again
@@ -58,10 +64,27 @@ class AgentSpec:
 
     def __init__(self, settings: Settings, embedding: EmbeddingSpec) -> None:
         self.model = settings.letta.model
+        self.llm = settings.llm
         self.embedding = settings.letta.embedding
         self.service_url = settings.service_url
         self.endpoint = f"{settings.service_url}/v1"
         self._embedding_spec = embedding
+
+    def llm_config(self) -> dict[str, Any]:
+        """The agents' model: LLM_MODEL at the OpenAI-compatible LLM_BASE_URL.
+
+        With LLM_API_KEY the key is kept by Letta as a provider of its own (:data:`LLM_PROVIDER`),
+        since the server's own OpenAI key is the one it embeds with.
+        """
+        config: dict[str, Any] = {
+            "model": self.llm.model,
+            "model_endpoint_type": "openai",
+            "model_endpoint": self.llm.base_url.rstrip("/"),
+            "context_window": self.llm.context_window,
+        }
+        if self.llm.api_key:
+            config.update(provider_name=LLM_PROVIDER, provider_category="byok")
+        return config
 
     async def create_args(self, uid: str) -> dict[str, Any]:
         """Keyword arguments of ``agents.create`` for ``uid``'s agent."""
@@ -86,13 +109,8 @@ class AgentSpec:
         }
         if self.model:
             args["model"] = self.model
-        else:  # this service's OpenAI-compatible endpoint: nothing leaves the machine
-            args["llm_config"] = {
-                "model": "omi-letta",
-                "model_endpoint_type": "openai",
-                "model_endpoint": self.endpoint,
-                "context_window": 8192,
-            }
+        else:
+            args["llm_config"] = self.llm_config()
         if self.embedding:
             args["embedding"] = self.embedding
         else:
@@ -145,7 +163,8 @@ class LettaSink(Sink):
         notify_on_close: bool = False,
         stale_s: float = 60.0,
         watch_s: float = 3600.0,
-        memory_tool: bool = True,
+        memory_tools: str = "mcp",
+        state_dir: Path | None = None,
     ) -> None:
         self.client = client
         self.store = store
@@ -157,13 +176,18 @@ class LettaSink(Sink):
         self.stale_s = stale_s
         self.watch_s = watch_s  # how long a re-inserted group is watched for a late copy
         self._next_watch = 0.0
-        self.memory_tool = memory_tool  # give agents we create or adopt the search_memory tool
-        self._tool_id: str | None = None
+        self.memory_tools = memory_tools  # mcp | http | none: see LETTA_MEMORY_TOOLS
+        self._tool_ids: list[str] | None = None
+        self._tools_lock = asyncio.Lock()
+        self._provider_ready = False
+        self.state_dir = state_dir  # keeps the token Letta lists our MCP tools with
+        self._tokens = TokenStore(store.engine)
         self._configured = dict(agents or {})
         self._agents: dict[str, str] = {}
         self._archives: dict[str, str] = {}
         self._uid_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
-        self._agent_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._agent_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)  # passages and blocks
+        self._message_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)  # messages (runs)
 
     @classmethod
     def from_settings(cls, settings: Settings, store: ConversationStore, embedding: EmbeddingSpec) -> LettaSink:
@@ -179,6 +203,8 @@ class LettaSink(Sink):
             recent_conversations=letta.recent_conversations,
             notify_on_close=letta.notify_on_close,
             stale_s=2 * letta.timeout_s,
+            memory_tools=letta.memory_tools,
+            state_dir=settings.server.data_dir,
         )
 
     async def close(self) -> None:
@@ -224,7 +250,8 @@ class LettaSink(Sink):
     async def agent_for(self, uid: str) -> str:
         """The agent of ``uid``: the configured one, else the one tagged ``omi-uid:<uid>``, else a new one.
 
-        An agent we create or adopt gets the ``search_memory`` tool (see :mod:`memory.sinks.letta_tool`).
+        An agent we create or adopt gets the memory's tools: those of our MCP server, or the
+        ``search_memory_http`` custom tool where the Letta server refuses it (``LETTA_MEMORY_TOOLS``).
         """
         if uid in self._agents:
             return self._agents[uid]
@@ -243,12 +270,16 @@ class LettaSink(Sink):
                 found = list(page.items)
             if found:
                 agent = found[0].id
-                if self.memory_tool and TOOL_NAME not in {t.name for t in found[0].tools or []}:
-                    await self._give_memory_tool(agent, uid)
+                tools = await self.memory_tool_ids()
+                if not set(tools) <= {t.id for t in found[0].tools or []}:
+                    await self._give_memory_tools(agent, uid, tools)
             else:
                 args = await self.spec.create_args(uid)
-                if self.memory_tool:
-                    args["tool_ids"] = [await self._memory_tool_id()]
+                if "llm_config" in args and self.spec.llm.api_key:
+                    await self._ensure_llm_provider()
+                tools = await self.memory_tool_ids()
+                if tools:
+                    args["tool_ids"] = tools
                     args["secrets"] = await self._memory_secrets(uid)
                 async with _letta("creating an agent"):
                     agent = (await self.client.agents.create(**args)).id
@@ -256,24 +287,116 @@ class LettaSink(Sink):
             self._agents[uid] = agent
             return agent
 
-    async def _memory_tool_id(self) -> str:
-        if self._tool_id is None:
-            async with _letta("installing the search_memory tool"):
-                self._tool_id = (await self.client.tools.upsert(source_code=SOURCE)).id
-        return self._tool_id
+    async def _ensure_llm_provider(self) -> None:
+        """Keep LLM_API_KEY and LLM_BASE_URL in the Letta provider the agents' model names (once per process)."""
+        if self._provider_ready:
+            return
+        llm = self.spec.llm
+        body = {"api_key": llm.api_key, "base_url": llm.base_url.rstrip("/")}
+        async with _letta("registering the LLM provider"):
+            listed: Any = await self.client.get(
+                "/v1/providers/", cast_to=object, options={"params": {"name": LLM_PROVIDER}}
+            )
+            found = (
+                [p for p in listed if isinstance(p, dict) and p.get("name") == LLM_PROVIDER]
+                if isinstance(listed, list)
+                else []
+            )
+            if found:
+                await self.client.patch(f"/v1/providers/{found[0]['id']}", cast_to=object, body=body)
+            else:
+                await self.client.post(
+                    "/v1/providers/", cast_to=object, body={"name": LLM_PROVIDER, "provider_type": "openai", **body}
+                )
+        self._provider_ready = True
+
+    async def memory_tool_ids(self) -> list[str]:
+        """The ids of the memory tools agents get: our MCP server's, else the custom tool; none when off."""
+        if self._tool_ids is None:
+            async with self._tools_lock:
+                if self._tool_ids is None:
+                    ids: list[str] | None = []
+                    if self.memory_tools == "mcp":
+                        ids = await self._mcp_tool_ids()
+                    if ids is None or self.memory_tools == "http":
+                        async with _letta("installing the search_memory_http tool"):
+                            ids = [(await self.client.tools.upsert(source_code=SOURCE)).id]
+                    self._tool_ids = ids
+        return self._tool_ids
+
+    async def _mcp_tool_ids(self) -> list[str] | None:
+        """Register this service's MCP server with Letta (or replace a stale one) and return its tools' ids.
+
+        One registration serves every user: its bearer token is a template that Letta fills from
+        the calling agent's secrets (``OMI_LETTA_TOKEN``). Listing the tools, Letta has no agent, and
+        uses a token of :data:`TOOLS_UID`, a user with no memory. None if Letta refuses the URL.
+        """
+        url = f"{self.spec.service_url}/mcp"
+        auth = f"Bearer {{{{ {SECRET_TOKEN} | {await self._listing_token()} }}}}"
+        config: Any = {"mcp_server_type": "streamable_http", "server_url": url, "auth_header": "Authorization"}
+        try:
+            async with _letta("registering the MCP server"):
+                servers = await self.client.mcp_servers.list()
+                found = next((m for m in servers if m.server_name == MCP_SERVER_NAME and m.id), None)
+                current = found is not None and getattr(found, "server_url", None) == url
+                if found is not None and found.id and not (current and getattr(found, "auth_token", None) == auth):
+                    # Letta does not update a token in place: replace the registration.
+                    await self.client.mcp_servers.delete(found.id)
+                    found = None
+                if found is None or not found.id:
+                    config["auth_token"] = auth
+                    server_id = (await self.client.mcp_servers.create(server_name=MCP_SERVER_NAME, config=config)).id
+                else:
+                    server_id = found.id
+        except DeliveryError as exc:
+            if getattr(exc.__cause__, "status_code", None) not in (400, 422):
+                raise
+            log.warning("the Letta server refuses our MCP server at %s; agents get search_memory_http", url)
+            return None
+        async with _letta("listing the MCP server's tools"):
+            tools = await self.client.mcp_servers.tools.list(str(server_id))
+            if {t.name for t in tools} < set(MCP_TOOLS):
+                await self.client.mcp_servers.refresh(str(server_id))
+                tools = await self.client.mcp_servers.tools.list(str(server_id))
+        ids = [t.id for t in tools if t.name in MCP_TOOLS and t.id]
+        if len(ids) != len(MCP_TOOLS):
+            raise DeliveryError(f"the Letta server lists {len(ids)} of our {len(MCP_TOOLS)} MCP tools; retrying")
+        return ids
+
+    async def _listing_token(self) -> str:
+        """The API token of :data:`TOOLS_UID`, kept in ``state_dir`` so a restart does not change it."""
+        path = self.state_dir / "letta-tools.token" if self.state_dir else None
+        if path is not None and path.is_file():
+            token = path.read_text().strip()
+            if await self._tokens.resolve(token) == TOOLS_UID:
+                return token
+        token, made = await self._tokens.create(TOOLS_UID, "Letta: listing the MCP tools")
+        for old in await self._tokens.list(TOOLS_UID):
+            if old.id != made.id and old.revoked_at is None:
+                await self._tokens.revoke(old.id)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(token)
+        return token
 
     async def _memory_secrets(self, uid: str) -> dict[str, str]:
-        """What the tool needs: this service's URL and a new API token of ``uid``."""
-        token, _ = await TokenStore(self.store.engine).create(uid, "Letta agent (search_memory tool)")
+        """What the tools need: this service's URL and a new API token of ``uid``."""
+        token, _ = await self._tokens.create(uid, "Letta agent (memory tools)")
         return {SECRET_URL: self.spec.service_url, SECRET_TOKEN: token}
 
-    async def _give_memory_tool(self, agent: str, uid: str) -> None:
-        tool = await self._memory_tool_id()
+    async def _give_memory_tools(self, agent: str, uid: str, tools: list[str]) -> None:
         secrets = await self._memory_secrets(uid)
-        async with _letta("giving the agent the search_memory tool"):
+        async with _letta("giving the agent the memory tools"):
             await self.client.agents.update(agent, secrets=secrets)
-            await self.client.agents.tools.attach(tool, agent_id=agent)
-        log.info("gave Letta agent %s of uid %s the search_memory tool", agent, uid)
+            for tool in tools:
+                await self.client.agents.tools.attach(tool, agent_id=agent)
+        log.info("gave Letta agent %s of uid %s the memory tools", agent, uid)
+
+    def message_lock(self, agent: str) -> asyncio.Lock:
+        """Held while a message to ``agent`` runs: Letta leaves concurrent messages to one agent undefined."""
+        return self._message_locks[agent]
 
     # --- passages ---------------------------------------------------------------------------
 
@@ -459,7 +582,7 @@ class LettaSink(Sink):
         if not await self.ledger.claim(uid=uid, agent_id=agent, conversation_id=conversation.id, keys=[key]):
             return
         text = f"[automated note from omi-letta] A conversation just ended: {summary_line(conversation)[2:]}"
-        async with _letta("notifying the agent"):
+        async with self.message_lock(agent), _letta("notifying the agent"):
             await self.client.agents.messages.create(
                 agent, messages=[{"role": "user", "content": text}], timeout=max(120.0, self.stale_s)
             )

@@ -1,7 +1,7 @@
-"""The ``search_memory`` tool our agents get: a Letta custom tool that calls this service's search.
+"""``search_memory_http``: the custom tool agents get where their Letta server cannot use our MCP server.
 
-Letta 0.16.8 refuses MCP servers on private or loopback addresses, so an agent on a local Letta
-server cannot reach ``/mcp``. This tool runs in the Letta server's own sandbox instead and calls
+A Letta server refuses MCP servers on private or loopback addresses (a shared one must), so an
+agent on such a server cannot reach ``/mcp``. This tool runs in the Letta server's own sandbox instead and calls
 ``GET /v1/memory/search`` with the user's API token; both come from the agent's secrets
 ``OMI_LETTA_URL`` and ``OMI_LETTA_TOKEN``. :data:`SOURCE` is the tool's whole source: Letta keeps it
 as text and derives the tool's schema from its signature and docstring.
@@ -11,12 +11,12 @@ from __future__ import annotations
 
 __all__ = ["SECRET_TOKEN", "SECRET_URL", "SOURCE", "TOOL_NAME"]
 
-TOOL_NAME = "search_memory"
+TOOL_NAME = "search_memory_http"
 SECRET_URL = "OMI_LETTA_URL"
 SECRET_TOKEN = "OMI_LETTA_TOKEN"
 
 SOURCE = '''
-def search_memory(query: str, speaker: str = "", since: str = "", until: str = "", limit: int = 10) -> str:
+def search_memory_http(query: str, speaker: str = "", since: str = "", until: str = "", limit: int = 10) -> str:
     """Search the user's remembered conversations (everything they heard and said) by words and meaning.
 
     Args:

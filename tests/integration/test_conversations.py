@@ -161,5 +161,5 @@ def test_health_metrics_and_api_docs(server: ServerProcess):
     for path in ("/docs", "/redoc"):
         page = httpx.get(f"{server.http}{path}")
         assert page.status_code == 200 and "<html" in page.text.lower(), path
-    schema = httpx.get(f"{server.http}/openapi.json").json()
+    schema = httpx.get(f"{server.http}/schema/openapi.json").json()
     assert "/v1/conversations/{conversation_id}" in schema["paths"]

@@ -280,7 +280,7 @@ async def test_a_deleted_conversation_disappears_from_letta_the_index_and_search
         agent = agent_of(client, uid)
         assert passages_of(client, agent)
         assert server.get("/v1/memory/search", uid=uid, params={"q": "pharmacy"}).json()["items"]
-        # The agent searches the memory itself, with its own API token, through its search_memory tool.
+        # The agent searches the memory itself with its own API token, through our MCP server.
         ran = client.agents.tools.run("search_memory", agent_id=agent, args={"query": "pharmacy", "limit": 2})
         assert ran.status == "success", ran
         assert "pharmacy" in str(ran.func_return).lower() and listed["id"] in str(ran.func_return)

@@ -44,6 +44,7 @@ def make_sink(letta: LocalLetta, store: ConversationStore, embeddings: StandInEm
             "LETTA_BASE_URL": letta.base_url,
             "LETTA_SERVICE_URL": embeddings.url.removesuffix("/v1"),
             "LETTA_TIMEOUT_S": "20",
+            "LETTA_MEMORY_TOOLS": "http",  # the stand-in serves no MCP; test_chat.py covers that path
             **env,
         },
         env_file=None,
@@ -244,7 +245,7 @@ async def test_a_late_copy_of_a_reinserted_group_is_deleted(
         await sink.close()
 
 
-async def test_an_adopted_agent_gets_the_search_memory_tool_and_a_token(
+async def test_an_adopted_agent_gets_the_search_memory_http_tool_and_a_token(
     letta: LocalLetta, store: ConversationStore, embeddings: StandInEmbeddings
 ):
     from memory.tokens import TokenStore
@@ -256,9 +257,28 @@ async def test_an_adopted_agent_gets_the_search_memory_tool_and_a_token(
         existing = await sink.client.agents.create(**args)
         assert await sink.agent_for(uid) == existing.id, "the agent tagged omi-uid:<uid> is adopted"
         adopted = await sink.client.agents.retrieve(existing.id, include=["agent.tools", "agent.secrets"])
-        assert "search_memory" in {t.name for t in adopted.tools or []}
+        assert "search_memory_http" in {t.name for t in adopted.tools or []}
         secrets = {s.key: s.value for s in adopted.secrets or []}
         assert secrets["OMI_LETTA_URL"] == embeddings.url.removesuffix("/v1")
         assert await TokenStore(store.engine).resolve(secrets["OMI_LETTA_TOKEN"]) == uid
+    finally:
+        await sink.close()
+
+
+async def test_where_letta_refuses_our_mcp_server_agents_get_the_http_tool(
+    letta: LocalLetta, store: ConversationStore, embeddings: StandInEmbeddings, tmp_path: Path
+):
+    # The local Letta server allows MCP servers on loopback addresses only, as a shared one allows none.
+    sink = make_sink(
+        letta,
+        store,
+        embeddings,
+        LETTA_MEMORY_TOOLS="mcp",
+        LETTA_SERVICE_URL="http://10.255.255.1:9",
+        DATA_DIR=str(tmp_path),
+    )
+    try:
+        [tool] = await sink.memory_tool_ids()
+        assert (await sink.client.tools.retrieve(tool)).name == "search_memory_http"
     finally:
         await sink.close()

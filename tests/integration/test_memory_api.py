@@ -76,6 +76,13 @@ def test_search_filters_and_errors(memory_server: ServerProcess):
     assert get(memory_server, "/v1/memory/search", "mem-alice", q="x", limit=0).status_code == 400
 
 
+def test_what_was_searched_stays_out_of_the_log(memory_server: ServerProcess):
+    assert get(memory_server, "/v1/memory/search", "mem-alice", q="cardiologist appointment").status_code == 200
+    log = memory_server.log()
+    assert "GET /v1/memory/search?" in log, "the access log still shows the request"
+    assert "cardiologist" not in log
+
+
 def test_openai_sdk_embeds_through_the_service(memory_server: ServerProcess):
     client = openai.OpenAI(api_key=token("mem-alice"), base_url=f"{memory_server.http}/v1")
     texts = ["This is Diane in New Jersey.", "where does Diane live"]

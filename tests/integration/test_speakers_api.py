@@ -150,7 +150,7 @@ def test_another_user_can_neither_see_nor_change_a_profile(server: ServerProcess
 
 
 def test_the_speaker_routes_are_documented(server: ServerProcess):
-    spec = httpx.get(f"{server.http}/openapi.json", timeout=30).json()
+    spec = httpx.get(f"{server.http}/schema/openapi.json", timeout=30).json()
     operations = {
         (method.upper(), path): op
         for path, ops in spec["paths"].items()

@@ -85,3 +85,17 @@ def test_generated_docs_are_up_to_date():
     readme = (ROOT / "README.md").read_text()
     for name, _, _ in env_table():
         assert f"| `{name}` |" in readme
+
+
+@pytest.mark.parametrize("url", ["https://api.openai.com/v1", "http://192.168.1.20:11434/v1", "http://gpu-box:8001/v1"])
+def test_local_privacy_refuses_a_language_model_on_another_machine(url: str):
+    with pytest.raises(SettingsError) as refused:
+        load_settings({"LLM_BASE_URL": url}, env_file=None)
+    assert f"LLM_BASE_URL={url}" in str(refused.value) and "PRIVACY_MODE=cloud" in str(refused.value)
+    allowed = load_settings({"LLM_BASE_URL": url, "PRIVACY_MODE": "cloud"}, env_file=None)
+    assert allowed.llm.base_url == url
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:11434/v1", "http://localhost:8001/v1", "http://[::1]:8000/v1"])
+def test_local_privacy_allows_a_language_model_on_this_machine(url: str):
+    assert load_settings({"LLM_BASE_URL": url}, env_file=None).llm.base_url == url
