@@ -1,4 +1,4 @@
-"""``omi-letta``: serve, ingest, enroll, speakers, search, outbox, backfill, token, chat, simulate, letta-local."""
+"""``omi-letta``: the service and its tools (serve, ingest, search, chat, doctor, …); ``--help`` lists them."""
 
 from __future__ import annotations
 
@@ -148,6 +148,15 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("-m", "--message", help="ask this one question, print the answer and exit")
     chat.add_argument("-v", "--verbose", action="store_true", help="also show the agent's reasoning and tool results")
 
+    doctor = commands.add_parser(
+        "doctor",
+        help="show which data goes to which host, and check that each backend answers",
+        description="For the current settings (.env and the environment): every backend, what it is sent "
+        "(audio, transcripts, embeddings) and to which host, whether PRIVACY_MODE allows it, and whether it "
+        "is reachable and accepts its credentials. Exits 1 if anything is refused or failing.",
+    )
+    doctor.add_argument("--offline", action="store_true", help="only show the data flows; reach nothing")
+
     sim = commands.add_parser("simulate", help="stream a file to a server as an OMI device would")
     sim.add_argument("file", type=Path, metavar="FILE")
     sim.add_argument("--url", default="ws://127.0.0.1:8000/v4/listen", help="the server's /v4/listen URL")
@@ -206,12 +215,24 @@ def main(argv: list[str] | None = None) -> int:
             return _token(args)
         if args.command == "chat":
             return _chat(args)
+        if args.command == "doctor":
+            return _doctor(args)
         return _simulate(args)
     except SettingsError as exc:
         print(f"omi-letta: configuration error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from app.doctor import check_all, report
+
+    settings = load_settings(enforce_privacy=False)  # show what the privacy mode would refuse
+    checked = None if args.offline else asyncio.run(check_all(settings))
+    text, ok = report(settings, checked)
+    print(text)
+    return 0 if ok else 1
 
 
 def _chat(args: argparse.Namespace) -> int:
@@ -675,7 +696,7 @@ def _token(args: argparse.Namespace) -> int:
 def _letta_local(args: argparse.Namespace) -> int:
     from app.letta_local import run_forever
 
-    settings = load_settings()
+    settings = load_settings(enforce_privacy=False)  # it sends nothing anywhere; `serve` checks the rest
     if args.unless_configured and settings.letta.base_url:
         print(f"letta-local: LETTA_BASE_URL is set ({settings.letta.base_url}); not starting a local Letta server")
         return 0

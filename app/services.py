@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from app.live import LiveHub
@@ -35,8 +36,10 @@ def check_can_serve(settings: Settings) -> None:
     """Refuse to serve clients when no token could ever be valid.
 
     Raises:
-        SettingsError: neither ``ADMIN_KEY`` nor ``LOCAL_DEVELOPMENT`` is set.
+        SettingsError: neither ``ADMIN_KEY`` nor ``LOCAL_DEVELOPMENT`` is set, or the privacy mode
+            refuses a backend.
     """
+    settings.check_privacy()
     if not settings.auth.admin_key and not settings.auth.local_development:
         raise SettingsError(
             "ADMIN_KEY is empty: set ADMIN_KEY (tokens are ADMIN_KEY followed by a uid), "
@@ -66,6 +69,7 @@ class Services:
     tokens: TokenStore | None = None  # per-user API tokens
     live: LiveHub = field(default_factory=LiveHub)  # the live transcript, fanned out to web pages
     chat: AgentChat | None = None  # chat with each user's Letta agent; None without Letta delivery
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)  # run first by stop()
 
     @property
     def voices(self) -> EmbeddedDiarizer:
@@ -176,6 +180,11 @@ class Services:
 
     async def stop(self) -> None:
         """Stop background work and close the database."""
+        for close in self.closers:
+            try:
+                await close()
+            except Exception:
+                log.exception("a shutdown step failed")
         self.live.close()
         await self.conversations.stop()
         if self.deliverer is not None:

