@@ -32,6 +32,7 @@ from app.routes import (
 )
 from app.services import Services, check_can_serve
 from app.settings import Settings, get_settings
+from app.webhooks import OmiWebhookController
 from app.ws import listen
 from memory.errors import ConflictError, EmbeddingError, NotFoundError, VectorIndexError
 
@@ -105,6 +106,7 @@ def create_app(
             MemoryController,
             EmbeddingsController,
             ChatController,
+            OmiWebhookController,
             mcp,
             page,
             page_asset,

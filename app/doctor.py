@@ -65,8 +65,10 @@ async def _check(flow: Flow, settings: Settings) -> Check:
     if not flow.url:
         return Check(None, "on this machine" if not flow.off_machine else "through the Letta server")
     if name.startswith("speech-to-text: Deepgram"):
-        key = str(getattr(settings.asr, "deepgram_api_key", "") or "")
-        return await _http(f"{flow.url.rstrip('/')}/v1/projects", {"Authorization": f"Token {key}"})
+        from ingest.asr.deepgram import endpoints
+
+        https, _ = endpoints(settings.asr.deepgram_url)
+        return await _http(f"{https}/v1/projects", {"Authorization": f"Token {settings.asr.deepgram_api_key}"})
     if name.startswith("embeddings"):
         key = settings.embeddings.openai_api_key
         return await _http(f"{flow.url.rstrip('/')}/models", {"Authorization": f"Bearer {key}"})

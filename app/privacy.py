@@ -52,8 +52,7 @@ class Flow:
 
 
 def _deepgram_url(settings: Settings) -> str:
-    configured = str(getattr(settings.asr, "deepgram_url", "") or "")
-    return configured or "https://api.deepgram.com"
+    return settings.asr.deepgram_url or "https://api.deepgram.com"
 
 
 def _to(backend: str, data: str, url: str, setting: str) -> Flow:

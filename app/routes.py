@@ -18,6 +18,7 @@ from litestar.params import Body, Parameter
 from litestar.response import Response, ServerSentEvent, ServerSentEventMessage
 
 from app.auth import AuthError, resolve_uid
+from app.firebase import looks_like_jwt
 from app.live import LiveHub
 from app.services import Services
 from ingest.errors import DecodeError, NotEnoughSpeechError, UnsupportedAudioError
@@ -54,12 +55,15 @@ def provide_services(request: Request[Any, Any, Any]) -> Services:
 
 
 async def authenticate(authorization: str | None, services: Services) -> str:
-    """The uid of ``Authorization: Bearer <token>``: a user's API token (``olt_…``) or ``<ADMIN_KEY><uid>``.
+    """The uid of ``Authorization: Bearer <token>``: a Firebase ID token (the OMI app), a user's API token
+    (``olt_…``), or ``<ADMIN_KEY><uid>``.
 
     Raises:
         AuthError: no usable token; the message is safe to show the client.
     """
     token = authorization.split(" ")[-1] if authorization else ""
+    if services.firebase is not None and looks_like_jwt(token):
+        return await services.firebase.uid(token)
     if token.startswith(TOKEN_PREFIX) and services.tokens is not None:
         uid = await services.tokens.resolve(token)
         if uid is not None:
@@ -82,7 +86,7 @@ async def health(services: Services) -> dict[str, Any]:
     """Whether the service is up, with its speech-to-text engine and database."""
     return {
         "status": "ok",
-        "stt": services.transcriber.asr.name,
+        "stt": services.streaming.name if services.streaming is not None else services.transcriber.asr.name,
         "database": services.store.dialect,
         "streams_active": int(services.metrics.gauges.get("streams_active", 0)),
         "delivery": {

@@ -7,13 +7,16 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from app.firebase import FirebaseVerifier
 from app.live import LiveHub
+from app.privacy import is_loopback
 from app.settings import Settings, SettingsError
-from ingest.asr import SpeechToText, load_asr
+from ingest.asr import SpeechToText, StreamingSpeechToText, load_asr, load_refine_asr, load_streaming
 from ingest.conversations import ConversationManager, clamp_timeout
 from ingest.diarize import Diarizer, load_diarizer, load_embedded
 from ingest.diarize.embedded import EmbeddedDiarizer
 from ingest.metrics import Metrics
+from ingest.refine import KeptSpeech, Refiner, TextRefiner, chain
 from ingest.speakers import LiveSpeakers
 from ingest.stream import Transcriber
 from ingest.vad import SileroVad, VadParams, load_vad
@@ -40,6 +43,11 @@ def check_can_serve(settings: Settings) -> None:
             refuses a backend.
     """
     settings.check_privacy()
+    if settings.auth.local_development and not is_loopback(settings.server.host):
+        raise SettingsError(
+            f"LOCAL_DEVELOPMENT=true accepts any token, so it serves only on a loopback HOST (127.0.0.1), "
+            f"not {settings.server.host}"
+        )
     if not settings.auth.admin_key and not settings.auth.local_development:
         raise SettingsError(
             "ADMIN_KEY is empty: set ADMIN_KEY (tokens are ADMIN_KEY followed by a uid), "
@@ -69,6 +77,9 @@ class Services:
     tokens: TokenStore | None = None  # per-user API tokens
     live: LiveHub = field(default_factory=LiveHub)  # the live transcript, fanned out to web pages
     chat: AgentChat | None = None  # chat with each user's Letta agent; None without Letta delivery
+    kept_speech: KeptSpeech | None = None  # live speech held for the refinement pass at close (STT_REFINE_BACKEND)
+    firebase: FirebaseVerifier | None = None  # Firebase ID tokens of the OMI app, when FIREBASE_PROJECT_ID is set
+    streaming: StreamingSpeechToText | None = None  # live streams go to this service (STT_BACKEND=deepgram)
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)  # run first by stop()
 
     @property
@@ -109,6 +120,11 @@ class Services:
             "segments_lost_total",
             "speaker_assignments_total",
             "speaker_assignments_rejected_total",
+            "stt_reconnects_total",
+            "stt_connect_failures_total",
+            "stt_gaps_total",
+            "stt_gap_seconds_total",
+            "stt_refused_total",
         ):
             metrics.inc(counter, 0.0)
         metrics.set_gauge("streams_active", 0)
@@ -118,6 +134,7 @@ class Services:
         # waits until a voice is enrolled.
         loading = asyncio.to_thread(load_embedded, d, vad) if d.backend != "none" else None
         engine: SpeechToText = asr if asr is not None else await asyncio.to_thread(load_asr, settings.asr)
+        streaming = load_streaming(settings.asr)
         voices = await loading if loading else None
         diarizer = diarizer or load_diarizer(d, vad, voices)
         transcriber = Transcriber(engine, workers=settings.asr.workers, metrics=metrics)
@@ -130,14 +147,23 @@ class Services:
             if voices is not None
             else None
         )
+        refiners: list[Refiner] = []
+        if live is not None:
+            refiners.append(lambda uid, c: live.refine(uid, c.segments, c.started_at))
+        kept: KeptSpeech | None = None
+        if settings.asr.refine_backend != "none":
+            kept = KeptSpeech()
+            refiners.append(TextRefiner(await asyncio.to_thread(load_refine_asr, settings.asr), kept, metrics=metrics))
+        refiner = chain(*refiners) if refiners else None
         conversations = ConversationManager(
             store,
             sweep_interval_s=settings.conversation.sweep_interval_s,
-            refiner=(lambda uid, c: live.refine(uid, c.segments, c.started_at)) if live else None,
+            refiner=refiner,
             on_forget=(lambda uid: live.forget(uid)) if live else None,
         )
         await conversations.start()
-        log.info("ready: speech-to-text %s, diarizer %s, database %s", engine.name, diarizer.name, store.dialect)
+        stt = f"{streaming.name} (live), {engine.name} (files)" if streaming else engine.name
+        log.info("ready: speech-to-text %s, diarizer %s, database %s", stt, diarizer.name, store.dialect)
         memory = open_search(settings.embeddings, settings.vector_index, settings.server.data_dir)
         services = cls(
             settings,
@@ -152,7 +178,14 @@ class Services:
             voices,
             memory=memory,
             tokens=TokenStore(store.engine),
+            kept_speech=kept,
+            firebase=(
+                FirebaseVerifier(a.firebase_project_id, a.firebase_jwks_url, leeway_s=a.token_leeway_s)
+                if (a := settings.auth).firebase_project_id
+                else None
+            ),
             live=LiveHub(conversations.subscribe),
+            streaming=streaming,
         )
         if queue:
             services.outbox, services.deliverer = delivery_for(settings, store, memory, metrics)

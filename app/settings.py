@@ -29,6 +29,7 @@ __all__ = [
     "StorageSettings",
     "StreamSettings",
     "VectorIndexSettings",
+    "WebhookSettings",
     "env_table",
     "get_settings",
     "load_settings",
@@ -72,16 +73,38 @@ class ServerSettings:
 
 @dataclass(frozen=True)
 class AuthSettings:
-    """Who may connect. Tokens are `ADMIN_KEY` followed by the user's uid."""
+    """Who may connect: Firebase ID tokens (the OMI app), `ADMIN_KEY` followed by the uid, or API tokens."""
 
-    admin_key: str = setting("ADMIN_KEY", "", "Secret prefix of every bearer token: `Bearer <ADMIN_KEY><uid>`.")
-    local_development: bool = setting(
-        "LOCAL_DEVELOPMENT", False, "Accept any token as uid `123` (development only; logs a warning)."
+    admin_key: str = setting(
+        "ADMIN_KEY", "", "Secret prefix of a bearer token `Bearer <ADMIN_KEY><uid>`; empty disables such tokens."
     )
+    local_development: bool = setting(
+        "LOCAL_DEVELOPMENT",
+        False,
+        "Accept any token as uid `123` (development only: refused unless HOST is a loopback address and no "
+        "ADMIN_KEY or FIREBASE_PROJECT_ID is set; logs a warning on every connection).",
+    )
+    firebase_project_id: str = setting(
+        "FIREBASE_PROJECT_ID",
+        "",
+        "Firebase project of the OMI app whose ID tokens are accepted (audience and issuer); empty disables them.",
+    )
+    firebase_jwks_url: str = setting(
+        "FIREBASE_JWKS_URL",
+        "https://www.googleapis.com/service_accounts/v1/jwk/securetoken@system.gserviceaccount.com",
+        "Where the keys that sign Firebase ID tokens are published (JWKS).",
+    )
+    token_leeway_s: float = setting("TOKEN_LEEWAY_S", 30.0, "Clock skew allowed when checking a token's expiry, in s.")
 
     def __post_init__(self) -> None:
         if self.admin_key and len(self.admin_key) < 8:
             raise SettingsError("ADMIN_KEY must be at least 8 characters long")
+        _check_range("TOKEN_LEEWAY_S", self.token_leeway_s, 0.0, 300.0)
+        if self.local_development and (self.admin_key or self.firebase_project_id):
+            raise SettingsError(
+                "LOCAL_DEVELOPMENT=true accepts any token, so it cannot be combined with ADMIN_KEY or "
+                "FIREBASE_PROJECT_ID: unset one of them"
+            )
 
 
 @dataclass(frozen=True)
@@ -91,10 +114,11 @@ class AsrSettings:
     backend: str = setting(
         "STT_BACKEND",
         "faster-whisper",
-        "Speech-to-text engine of live streams: `faster-whisper` (local, with the VAD and the embedded diarizer) or "
-        "`deepgram` (Deepgram's streaming API transcribes and tells speakers apart; audio leaves the machine). "
-        "Files (`omi-letta ingest`) always use faster-whisper.",
-        choices=("faster-whisper", "deepgram"),
+        "Speech-to-text engine: `faster-whisper` (local, with the VAD and the embedded diarizer); `whisperx` "
+        "(batched on a GPU with word alignment; `pip install 'omi-letta[whisperx]'`); or `deepgram` for live "
+        "streams (Deepgram's streaming API transcribes and tells speakers apart; audio leaves the machine; files "
+        "still use faster-whisper).",
+        choices=("faster-whisper", "whisperx", "deepgram"),
     )
     model: str = setting(
         "STT_MODEL",
@@ -117,6 +141,16 @@ class AsrSettings:
         "Live utterances are encoded with this much padding instead of Whisper's 30 s window "
         "(faster on CPU); 0 always uses 30 s.",
     )
+    refine_backend: str = setting(
+        "STT_REFINE_BACKEND",
+        "none",
+        "When a conversation closes, transcribe its speech again with this engine (`whisperx` on a GPU, or "
+        "`faster-whisper` with STT_REFINE_MODEL) and keep the better text; live streams then hold their "
+        "speech in memory until the conversation closes. `none` keeps the live transcript.",
+        choices=("none", "faster-whisper", "whisperx"),
+    )
+    refine_model: str = setting("STT_REFINE_MODEL", "", "Model of the refinement pass; empty means STT_MODEL.")
+    refine_beam_size: int = setting("STT_REFINE_BEAM_SIZE", 5, "Beam size of the refinement pass.")
     deepgram_api_key: str = setting("DEEPGRAM_API_KEY", "", "Deepgram API key (STT_BACKEND=deepgram).")
     deepgram_model: str = setting("DEEPGRAM_MODEL", "nova-3", "Deepgram streaming model.")
     deepgram_url: str = setting(
@@ -145,6 +179,7 @@ class AsrSettings:
 
     def __post_init__(self) -> None:
         _check_range("STT_BEAM_SIZE", self.beam_size, 1, 16)
+        _check_range("STT_REFINE_BEAM_SIZE", self.refine_beam_size, 1, 16)
         _check_range("STT_WORKERS", self.workers, 1, 64)
         _check_range("STT_CPU_THREADS", self.cpu_threads, 0, 64)
         _check_range("STT_CONTEXT_PAD_S", self.context_pad_s, 0.0, 30.0)
@@ -467,6 +502,18 @@ class DeliverySettings:
 
 
 @dataclass(frozen=True)
+class WebhookSettings:
+    """The OMI cloud's developer webhooks (`/v1/integrations/omi/...`)."""
+
+    reply: str = setting(
+        "OMI_WEBHOOK_REPLY",
+        "",
+        'Message the memory-created and day-summary webhooks return to the OMI cloud as `{"message": ...}` '
+        "(the OMI app may show it); empty returns `{}`.",
+    )
+
+
+@dataclass(frozen=True)
 class Settings:
     """All settings of the service."""
 
@@ -480,6 +527,7 @@ class Settings:
     storage: StorageSettings = field(default_factory=StorageSettings)
     letta: LettaSettings = field(default_factory=LettaSettings)
     llm: LlmSettings = field(default_factory=LlmSettings)
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     embeddings: EmbeddingSettings = field(default_factory=EmbeddingSettings)
     vector_index: VectorIndexSettings = field(default_factory=VectorIndexSettings)
@@ -531,6 +579,7 @@ SECTIONS: tuple[type, ...] = (
     LettaSettings,
     LlmSettings,
     DeliverySettings,
+    WebhookSettings,
 )
 
 

@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -20,10 +21,12 @@ import msgspec
 from litestar import WebSocket, websocket
 from litestar.exceptions import WebSocketDisconnect
 
-from app.auth import AuthError, resolve_uid
+from app.auth import AuthError
 from app.live import LiveEvent
+from app.routes import authenticate
 from ingest.decode import make_decoder
-from ingest.errors import DecodeError, IngestError, UnsupportedAudioError
+from ingest.errors import DecodeError, IngestError, SpeechToTextError, UnsupportedAudioError
+from ingest.relay import RelayStream
 from ingest.speakers import identity_fields, name_speaker
 from ingest.stream import LiveStream
 
@@ -32,8 +35,9 @@ if TYPE_CHECKING:
     from ingest.conversations import AbsoluteSegment
     from ingest.diarize.live import Identity
     from ingest.segments import TranscriptSegment
+    from ingest.stream import SegmentSink
 
-__all__ = ["listen"]
+__all__ = ["listen", "stream_sink"]
 
 log = logging.getLogger(__name__)
 
@@ -117,13 +121,14 @@ async def listen(socket: WebSocket) -> None:
     await socket.accept()
     session = _Session(socket)
     try:
-        uid = resolve_uid(socket.headers.get("authorization"), services.settings.auth)
+        uid = await authenticate(socket.headers.get("authorization"), services)
     except AuthError as exc:
         await session.close(POLICY_VIOLATION, str(exc))
         return
     try:
         params = ListenParams.parse(dict(socket.query_params))
-        if not services.transcriber.asr.supports_language(params.language):
+        engine = services.streaming or services.transcriber.asr
+        if not engine.supports_language(params.language):
             raise UnsupportedAudioError(f"The language is not supported, {params.language}")
         decoder = make_decoder(params.codec, params.sample_rate)
     except UnsupportedAudioError as exc:
@@ -146,47 +151,52 @@ async def listen(socket: WebSocket) -> None:
     live = services.live_speakers
     if live is not None and resumed is not None:
         live.resume(uid, resumed.segments)
-    previewed: set[str] = set()  # stored segments a partial was shown merged into
-
-    async def sink(segments: list[AbsoluteSegment], final: bool) -> None:
-        found = []
-        if final and live is not None:
-            found = await live.recognise(uid, {s.speaker_id for s in segments})
-            if found:
-                segments = [_with_identity(s, live.tracker(uid).identity(s.speaker_id)) for s in segments]
-        if final:
-            changed = await conversations.add(
-                uid, segments, timeout_s=timeout_s, source=params.source, language=params.language
-            )
-            if previewed:
-                # A partial may have been shown merged into a stored segment that the final did not
-                # join (another speaker, say): send that segment as stored again.
-                current = await conversations.current(uid)
-                stored = {seg.id: seg for seg in current.segments} if current else {}
-                sent = {seg.id for seg in changed}
-                changed += [stored[i] for i in previewed if i in stored and i not in sent]
-                previewed.clear()
-        else:
-            changed = await conversations.preview(uid, segments)
-            previewed.update(seg.id for seg in changed if seg.id not in {a.id for a in segments})
-        if changed:
-            payload = _segments_payload(changed)
-            await session.send_json(payload)
-            services.live.publish(uid, LiveEvent("segments", payload))
-        for speaker_id, identity in found:
-            await _announce(session, services, uid, speaker_id, identity, segments)
-
-    stream = LiveStream(
-        decoder=decoder,
-        vad=services.vad,
-        params=services.vad_params(),
-        transcriber=services.transcriber,
-        language=params.language,
-        sink=sink,
-        max_queued_audio_s=services.settings.stream.max_queued_audio_s,
-        speakers=(lambda: live.tracker(uid)) if live is not None else (lambda: None),
-        origin_floor=resumed.finished_at if resumed else 0.0,
+    sink = stream_sink(
+        services, uid, timeout_s=timeout_s, source=params.source, language=params.language, send=session.send_json
     )
+
+    stt_failed = asyncio.Event()
+
+    async def refused(exc: SpeechToTextError) -> None:
+        await _stt_failed(session, exc)
+        stt_failed.set()
+
+    stream: LiveStream | RelayStream
+    if services.streaming is not None:
+        stream = RelayStream(
+            decoder=decoder,
+            engine=services.streaming,
+            language=params.language,
+            sink=sink,
+            metrics=services.metrics,
+            buffer_s=services.settings.asr.deepgram_buffer_s,
+            reconnect_max_delay_s=services.settings.asr.deepgram_reconnect_max_delay_s,
+            speakers=(lambda: live.tracker(uid)) if live is not None else (lambda: None),
+            origin_floor=resumed.finished_at if resumed else 0.0,
+            on_error=refused,
+        )
+        starting = {"type": "service_status", "status": "stt_initiating", "status_text": "STT Service Starting"}
+        await session.send_json(starting)
+        try:
+            await stream.start()
+        except SpeechToTextError as exc:
+            await stream.finish()
+            unsubscribe()
+            await _stt_failed(session, exc)
+            return
+    else:
+        stream = LiveStream(
+            decoder=decoder,
+            vad=services.vad,
+            params=services.vad_params(),
+            transcriber=services.transcriber,
+            language=params.language,
+            sink=sink,
+            max_queued_audio_s=services.settings.stream.max_queued_audio_s,
+            speakers=(lambda: live.tracker(uid)) if live is not None else (lambda: None),
+            origin_floor=resumed.finished_at if resumed else 0.0,
+            keep=(lambda at, audio: kept.add(uid, at, audio)) if (kept := services.kept_speech) is not None else None,
+        )
     metrics = services.metrics
     metrics.inc("streams_total")
     metrics.set_gauge("streams_active", metrics.gauges.get("streams_active", 0) + 1)
@@ -201,12 +211,13 @@ async def listen(socket: WebSocket) -> None:
 
     reader = asyncio.create_task(_read(session, stream, services, uid))
     keeper = asyncio.create_task(_keepalive(session, services))
+    failed = asyncio.create_task(stt_failed.wait())
     try:
-        await asyncio.wait({reader, keeper}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({reader, keeper, failed}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for task in (reader, keeper):
+        for task in (reader, keeper, failed):
             task.cancel()
-        await asyncio.gather(reader, keeper, return_exceptions=True)
+        await asyncio.gather(reader, keeper, failed, return_exceptions=True)
         # Whatever was heard is transcribed and stored even though the client is gone.
         await stream.finish()
         unsubscribe()
@@ -215,7 +226,63 @@ async def listen(socket: WebSocket) -> None:
         log.info("stream closed")
 
 
-async def _read(session: _Session, stream: LiveStream, services: Services, uid: str) -> None:
+def stream_sink(
+    services: Services,
+    uid: str,
+    *,
+    timeout_s: int,
+    source: str,
+    language: str,
+    send: Callable[[Any], Awaitable[None]] | None = None,
+) -> SegmentSink:
+    """Where one live stream's segments go.
+
+    Final segments are stored in the user's conversation, partial ones only previewed; what
+    changed goes to ``send`` (the device's socket, if any) and to the user's live pages. A speaker
+    whose voice matches a profile is announced to ``send`` with ``speaker_label_suggestion``, and
+    their earlier segments are relabelled.
+    """
+    live = services.live_speakers
+    conversations = services.conversations
+    previewed: set[str] = set()  # stored segments a partial was shown merged into
+
+    async def sink(segments: list[AbsoluteSegment], final: bool) -> None:
+        found = []
+        if final and live is not None:
+            found = await live.recognise(uid, {s.speaker_id for s in segments})
+            if found:
+                segments = [_with_identity(s, live.tracker(uid).identity(s.speaker_id)) for s in segments]
+        if final:
+            changed = await conversations.add(uid, segments, timeout_s=timeout_s, source=source, language=language)
+            if previewed:
+                # A partial may have been shown merged into a stored segment that the final did not
+                # join (another speaker, say): send that segment as stored again.
+                current = await conversations.current(uid)
+                stored = {seg.id: seg for seg in current.segments} if current else {}
+                sent = {seg.id for seg in changed}
+                changed += [stored[i] for i in previewed if i in stored and i not in sent]
+                previewed.clear()
+        else:
+            changed = await conversations.preview(uid, segments)
+            previewed.update(seg.id for seg in changed if seg.id not in {a.id for a in segments})
+        if changed:
+            payload = _segments_payload(changed)
+            if send is not None:
+                await send(payload)
+            services.live.publish(uid, LiveEvent("segments", payload))
+        for speaker_id, identity in found:
+            await _announce(send, services, uid, speaker_id, identity, segments)
+
+    return sink
+
+
+async def _stt_failed(session: _Session, exc: SpeechToTextError) -> None:
+    """The speech-to-text service refused the stream for good: say so, as OMI does, and close with 1011."""
+    await session.send_json({"type": "service_status", "status": "stt_failed", "status_text": exc.detail})
+    await session.close(INTERNAL_ERROR, exc.detail[:120])
+
+
+async def _read(session: _Session, stream: LiveStream | RelayStream, services: Services, uid: str) -> None:
     metrics = services.metrics
     bad_frames = 0
     while True:
@@ -297,7 +364,7 @@ def _with_identity(segment: AbsoluteSegment, identity: Identity | None) -> Absol
 
 
 async def _announce(
-    session: _Session,
+    send: Callable[[Any], Awaitable[None]] | None,
     services: Services,
     uid: str,
     speaker_id: int,
@@ -306,15 +373,16 @@ async def _announce(
 ) -> None:
     """``speaker_label_suggestion`` for a voice match, and the speaker's earlier segments relabelled."""
     first = next(s for s in segments if s.speaker_id == speaker_id)
-    await session.send_json(
-        {
-            "type": "speaker_label_suggestion",
-            "speaker_id": speaker_id,
-            "person_id": "user" if identity.is_user else (identity.person_id or ""),
-            "person_name": identity.name,
-            "segment_id": first.id,
-        }
-    )
+    if send is not None:
+        await send(
+            {
+                "type": "speaker_label_suggestion",
+                "speaker_id": speaker_id,
+                "person_id": "user" if identity.is_user else (identity.person_id or ""),
+                "person_name": identity.name,
+                "segment_id": first.id,
+            }
+        )
     current = await services.conversations.current(uid)
     if current is not None:
         await services.conversations.relabel(

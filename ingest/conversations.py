@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -126,6 +126,93 @@ class ConversationManager:
             current.last_speech_at = now
             await self.store.save_segments(current, changed, last_speech_at=now, timeout_s=timeout_s)
             return changed
+
+    async def upsert(
+        self, uid: str, segments: list[TranscriptSegment], *, timeout_s: int, source: str, language: str
+    ) -> list[TranscriptSegment]:
+        """Store segments that come with ids of their own (the OMI cloud's), times in epoch seconds.
+
+        Unlike :meth:`add`, nothing is merged. A segment whose id is stored already is updated where
+        it is (its text, speaker and length; it keeps its start), in whichever of the user's
+        conversations holds it; a new one joins the in-progress conversation. A segment sent again
+        unchanged changes nothing.
+
+        Returns:
+            The segments of the in-progress conversation that changed (updates elsewhere are
+            announced to the listeners as segment arrays, like relabelled speakers).
+        """
+        if not segments:
+            return []
+        async with self._locks[uid]:
+            owners = await self.store.owners(uid, [s.id for s in segments])
+            current = await self._load(uid)
+            elsewhere: defaultdict[str, list[TranscriptSegment]] = defaultdict(list)
+            here: list[TranscriptSegment] = []
+            for seg in segments:
+                holder = owners.get(seg.id)
+                if holder is not None and (current is None or holder != current.id):
+                    elsewhere[holder].append(seg)
+                else:
+                    here.append(seg)
+            for conversation_id, updates in elsewhere.items():
+                conversation = await self.store.get(uid, conversation_id)
+                updated = self._update(conversation, updates)
+                if updated:
+                    await self.store.save_segments(conversation, updated, last_speech_at=conversation.last_speech_at)
+                    await self._emit(uid, [msgspec.to_builtins(s) for s in updated])
+            if not here:
+                return []
+            now = time.time()
+            if current is None:
+                current = await self.store.create(
+                    uid=uid,
+                    source=source,
+                    language=language,
+                    timeout_s=timeout_s,
+                    started_at=min(s.start for s in here),
+                    now=now,
+                )
+                self._current[uid] = current
+            changed = self._update(current, here)
+            if changed:
+                last_end = max(s.end for s in current.segments)
+                current.finished_at = max(current.finished_at, current.started_at + last_end)
+                current.last_speech_at = now
+                await self.store.save_segments(current, changed, last_speech_at=now, timeout_s=timeout_s)
+            return changed
+
+    async def import_completed(self, uid: str, conversation: Conversation) -> tuple[Conversation, bool]:
+        """Store a finished conversation made elsewhere (the OMI cloud's), as one change.
+
+        It replaces the conversation imported before under the same ``external_id``; else it takes
+        over the user's conversation holding most of its segment ids (one the same cloud's
+        realtime transcript built up), so the same words are not remembered twice; else it is
+        stored under its own id. A conversation in progress that it takes over ends here. Listeners
+        get ``memory_created`` when anything changed.
+
+        Returns:
+            The conversation as stored, and whether anything changed.
+        """
+        async with self._locks[uid]:
+            target = await self.store.find_external(uid, conversation.external_id) if conversation.external_id else None
+            if target is None and conversation.segments:
+                owners = await self.store.owners(uid, [s.id for s in conversation.segments])
+                for holder, _ in Counter(owners.values()).most_common():
+                    if (await self.store.get(uid, holder)).external_id is None:
+                        target = holder
+                        break
+            if target is not None:
+                conversation = msgspec.structs.replace(conversation, id=target)
+            stored, changed = await self.store.put_completed(conversation)
+            current = self._current.get(uid)
+            if changed and current is not None:
+                del self._current[uid]  # it ended, or lost segments: read it again when next needed
+                if current.id == stored.id and self._on_forget:
+                    self._on_forget(uid)
+        if changed:
+            log.info("conversation %s imported with %d segments", stored.id, len(stored.segments))
+            await self._emit(uid, {"type": "memory_created", "memory": stored.to_omi(), "messages": []})
+        return stored, changed
 
     async def current(self, uid: str) -> Conversation | None:
         """The user's in-progress conversation, if any."""
@@ -250,6 +337,32 @@ class ConversationManager:
             except Exception:
                 kind = event.get("type") if isinstance(event, dict) else "segments"
                 log.warning("could not deliver %s to a client of uid %s", kind, uid)
+
+    @staticmethod
+    def _update(conversation: Conversation, updates: list[TranscriptSegment]) -> list[TranscriptSegment]:
+        """Apply segments with epoch-second times to ``conversation`` by id; returns those that changed."""
+        index = {s.id: i for i, s in enumerate(conversation.segments)}
+        changed: dict[str, TranscriptSegment] = {}
+        for update in updates:
+            i = index.get(update.id)
+            if i is None:
+                seg = msgspec.structs.replace(
+                    update,
+                    start=round(max(0.0, update.start - conversation.started_at), 3),
+                    end=round(max(0.0, update.end - conversation.started_at), 3),
+                )
+                index[seg.id] = len(conversation.segments)
+                conversation.segments.append(seg)
+            else:
+                old = conversation.segments[i]
+                seg = msgspec.structs.replace(
+                    update, start=old.start, end=round(old.start + max(0.0, update.end - update.start), 3)
+                )
+                if seg == old:
+                    continue
+                conversation.segments[i] = seg
+            changed[seg.id] = seg
+        return list(changed.values())
 
     def _relative(self, conversation: Conversation, new: list[AbsoluteSegment]) -> list[TranscriptSegment]:
         return [self._to_segment(s, conversation.started_at) for s in new]

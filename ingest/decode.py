@@ -109,20 +109,26 @@ class FrameDecoder:
 
     def __call__(self, frame: bytes) -> NDArray[np.float32]:
         """Decode one frame. Raises :class:`DecodeError` for an undecodable Opus packet."""
-        if self._opus is not None:
-            try:
-                # A packet may legally hold up to 120 ms; size the output buffer for that.
-                pcm = self._opus.decode(frame, frame_size=self.sample_rate * 120 // 1000)
-            except Exception as exc:
-                raise DecodeError(f"undecodable Opus packet of {len(frame)} bytes: {exc}") from exc
-            audio = pcm16_to_float(pcm)
-        else:
-            data = self._odd_byte + frame
-            self._odd_byte = data[-1:] if len(data) % 2 else b""
-            audio = pcm16_to_float(data)
+        audio = pcm16_to_float(self.pcm(frame))
         if self._resampler is None:
             return audio
         return self._resampler.resample_chunk(audio).astype(np.float32, copy=False)
+
+    def pcm(self, frame: bytes) -> bytes:
+        """Decode one frame to s16le PCM at the stream's own ``sample_rate`` (no resampling).
+
+        Raises:
+            DecodeError: an undecodable Opus packet (the decoder stays usable).
+        """
+        if self._opus is not None:
+            try:
+                # A packet may legally hold up to 120 ms; size the output buffer for that.
+                return bytes(self._opus.decode(frame, frame_size=self.sample_rate * 120 // 1000))
+            except Exception as exc:
+                raise DecodeError(f"undecodable Opus packet of {len(frame)} bytes: {exc}") from exc
+        data = self._odd_byte + frame
+        self._odd_byte = data[-1:] if len(data) % 2 else b""
+        return data[: len(data) - len(data) % 2]
 
     def flush(self) -> NDArray[np.float32]:
         """Audio the resampler still holds at the end of the stream."""

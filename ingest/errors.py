@@ -4,12 +4,20 @@ IngestError                 root; carries ``detail``
 ├── UnsupportedAudioError   codec, sample rate or language the stream cannot take
 ├── DecodeError             one frame or file could not be decoded
 ├── NotEnoughSpeechError    a voice enrollment has too little speech to build a profile from
-└── MissingDependencyError  a system library (libopus) or model is not installed
+├── MissingDependencyError  a system library (libopus) or model is not installed
+└── SpeechToTextError       a streaming speech-to-text service refused or dropped a stream
 """
 
 from __future__ import annotations
 
-__all__ = ["DecodeError", "IngestError", "MissingDependencyError", "NotEnoughSpeechError", "UnsupportedAudioError"]
+__all__ = [
+    "DecodeError",
+    "IngestError",
+    "MissingDependencyError",
+    "NotEnoughSpeechError",
+    "SpeechToTextError",
+    "UnsupportedAudioError",
+]
 
 
 class IngestError(Exception):
@@ -34,3 +42,14 @@ class NotEnoughSpeechError(IngestError):
 
 class MissingDependencyError(IngestError):
     """A system library or model is missing; the message says what to install."""
+
+
+class SpeechToTextError(IngestError):
+    """A streaming speech-to-text service refused or dropped a stream.
+
+    ``retryable`` is false when trying again cannot help (a rejected API key, a bad option).
+    """
+
+    def __init__(self, detail: str, *, retryable: bool) -> None:
+        super().__init__(detail)
+        self.retryable = retryable

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-__all__ = ["AsrSegment", "AsrWord", "Utterance"]
+__all__ = ["AsrSegment", "AsrWord", "StreamingResult", "StreamingWord", "Utterance"]
 
 SAMPLE_RATE = 16_000
 """Every stage after decoding works on 16 kHz mono float32 audio."""
@@ -34,3 +34,27 @@ class AsrSegment(msgspec.Struct, frozen=True):
     end: float
     text: str
     words: tuple[AsrWord, ...] = ()
+
+
+class StreamingWord(msgspec.Struct, frozen=True):
+    """One word from a streaming speech-to-text service, with the speaker it told apart."""
+
+    start: float
+    end: float
+    text: str  # punctuated and formatted where the service does that
+    speaker: int = 0
+
+
+class StreamingResult(msgspec.Struct, frozen=True):
+    """A streaming service's transcript of one span of the audio sent on a connection.
+
+    Times are seconds since the first audio sent on that connection. A ``final`` result's words
+    will not change, and the audio up to ``end`` is fully transcribed; a non-final (interim)
+    result is superseded by later ones. ``speech_final`` marks the end of an utterance.
+    """
+
+    start: float
+    end: float
+    words: tuple[StreamingWord, ...]
+    final: bool
+    speech_final: bool = False

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from ingest.asr.base import SpeechToText
     from ingest.decode import FrameDecoder
 
-__all__ = ["LiveStream", "SegmentSink", "TrackerSource", "Transcriber"]
+__all__ = ["LiveStream", "SegmentSink", "TrackerSource", "Transcriber", "deliver"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,27 @@ SegmentSink = Callable[[list[AbsoluteSegment], bool], Awaitable[None]]
 
 TrackerSource = Callable[[], SpeakerTracker | None]
 """The speaker tracker of the stream's conversation now (None: diarization is off)."""
+
+
+async def deliver(sink: SegmentSink, segments: list[AbsoluteSegment], final: bool, metrics: Metrics) -> bool:
+    """Hand segments to the sink, retrying a final result while storage is unavailable."""
+    for attempt in range(len(SINK_RETRY_DELAYS_S) + 1):
+        try:
+            await sink(segments, final)
+            return True
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if not final or attempt == len(SINK_RETRY_DELAYS_S):
+                break
+            delay = SINK_RETRY_DELAYS_S[attempt]
+            log.warning("storing a segment failed (%s); retry %d in %.1f s", type(exc).__name__, attempt + 1, delay)
+            metrics.inc("sink_retries_total")
+            await asyncio.sleep(delay)
+    if final:
+        metrics.inc("segments_lost_total", len(segments))
+        log.error("gave up storing %d segment(s) after %d retries", len(segments), len(SINK_RETRY_DELAYS_S))
+    return False
 
 
 class Transcriber:
@@ -165,6 +186,7 @@ class LiveStream:
     max_queued_audio_s: float
     speakers: TrackerSource = lambda: None
     origin_floor: float = 0.0  # a resumed conversation's end: this stream's audio cannot start before it
+    keep: Callable[[float, NDArray[np.float32]], None] | None = None  # given each final utterance's audio
     origin: float | None = None  # epoch time of the first audio sample
     _endpointer: Endpointer = field(init=False)
     _jobs: deque[_Job] = field(default_factory=deque)
@@ -238,24 +260,7 @@ class LiveStream:
             self._wake.set()
 
     async def _deliver(self, segments: list[AbsoluteSegment], final: bool) -> bool:
-        """Hand segments to the sink, retrying a final result while storage is unavailable."""
-        for attempt in range(len(SINK_RETRY_DELAYS_S) + 1):
-            try:
-                await self.sink(segments, final)
-                return True
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if not final or attempt == len(SINK_RETRY_DELAYS_S):
-                    break
-                delay = SINK_RETRY_DELAYS_S[attempt]
-                log.warning("storing a segment failed (%s); retry %d in %.1f s", type(exc).__name__, attempt + 1, delay)
-                self.metrics.inc("sink_retries_total")
-                await asyncio.sleep(delay)
-        if final:
-            self.metrics.inc("segments_lost_total", len(segments))
-            log.error("gave up storing %d segment(s) after %d retries", len(segments), len(SINK_RETRY_DELAYS_S))
-        return False
+        return await deliver(self.sink, segments, final, self.metrics)
 
     async def _work(self) -> None:
         while True:
@@ -288,6 +293,8 @@ class LiveStream:
                 continue
             if not await self._deliver(segments, utterance.final):
                 continue
+            if utterance.final and self.keep is not None:
+                self.keep(origin, job.item.audio)
             if utterance.final:
                 # From the end of speech on the wall clock; a client sending faster than real time
                 # has its utterances end "in the future", so never count from later than the VAD saw it.

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, LargeBinary, String, Text, func, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-__all__ = ["ApiTokenRow", "Base", "ConversationRow", "LettaPassageRow", "OutboxRow", "SegmentRow", "SpeakerProfileRow"]
+__all__ = [
+    "ApiTokenRow",
+    "Base",
+    "ConversationRow",
+    "DaySummaryRow",
+    "LettaPassageRow",
+    "OutboxRow",
+    "SegmentRow",
+    "SpeakerProfileRow",
+]
 
 
 class Base(DeclarativeBase):
@@ -13,7 +24,12 @@ class Base(DeclarativeBase):
 
 
 class ConversationRow(Base):
-    """A conversation: ``in_progress`` while speech arrives, then ``completed``."""
+    """A conversation: ``in_progress`` while speech arrives, then ``completed``.
+
+    A conversation the OMI cloud sent (its ``memory_created`` webhook) keeps the cloud's summary
+    (``structured``: title, overview, emoji, category, action items, events) and its id there
+    (``external_id``); both are None for conversations heard here.
+    """
 
     __tablename__ = "conversations"
 
@@ -28,6 +44,8 @@ class ConversationRow(Base):
     last_speech_at: Mapped[float] = mapped_column(Float)
     timeout_s: Mapped[int] = mapped_column(Integer, default=120)
     discarded: Mapped[bool] = mapped_column(Boolean, default=False)
+    structured: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    external_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     segments: Mapped[list[SegmentRow]] = relationship(
         back_populates="conversation",
@@ -36,7 +54,10 @@ class ConversationRow(Base):
         lazy="selectin",
     )
 
-    __table_args__ = (Index("ix_conversations_uid_status", "uid", "status"),)
+    __table_args__ = (
+        Index("ix_conversations_uid_status", "uid", "status"),
+        Index("ix_conversations_uid_external_id", "uid", "external_id"),
+    )
 
 
 class SegmentRow(Base):
@@ -161,3 +182,21 @@ class ApiTokenRow(Base):
     revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
     __table_args__ = (Index("uq_api_tokens_digest", "digest", unique=True),)
+
+
+class DaySummaryRow(Base):
+    """A day summary the OMI cloud sent (its ``day_summary`` webhook): the text, and its structured form if any.
+
+    ``id`` is a digest of the user, the time and the text, so a repeated delivery is stored once.
+    """
+
+    __tablename__ = "day_summaries"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    uid: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[float] = mapped_column(Float)
+    summary: Mapped[str] = mapped_column(Text)
+    summary_json: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    received_at: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (Index("ix_day_summaries_uid_created_at", "uid", "created_at"),)

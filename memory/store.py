@@ -16,12 +16,22 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import lazyload
 
 from ingest.segments import TranscriptSegment
-from memory.errors import NotFoundError
+from memory.errors import ConflictError, NotFoundError
 from memory.migrate import upgrade
 from memory.models import ConversationRow, SegmentRow
 from memory.outbox import enqueue
 
-__all__ = ["Conversation", "ConversationStore", "iso"]
+__all__ = ["DEFAULT_STRUCTURED", "Conversation", "ConversationStore", "iso"]
+
+DEFAULT_STRUCTURED: dict[str, Any] = {
+    "title": "",
+    "overview": "",
+    "emoji": "🧠",
+    "category": "other",
+    "action_items": [],
+    "events": [],
+}
+"""The OMI ``structured`` summary of a conversation that has none (every conversation heard here)."""
 
 
 def iso(ts: float) -> str:
@@ -44,6 +54,8 @@ class Conversation(msgspec.Struct, kw_only=True):
     timeout_s: int
     discarded: bool = False
     segments: list[TranscriptSegment] = msgspec.field(default_factory=list)
+    structured: dict[str, Any] | None = None  # the OMI cloud's summary (title, overview, ...), if it sent one
+    external_id: str | None = None  # the conversation's id in the OMI cloud, if it came from there
 
     def to_omi(self) -> dict[str, Any]:
         """The conversation in the OMI backend's ``Conversation`` shape."""
@@ -54,14 +66,7 @@ class Conversation(msgspec.Struct, kw_only=True):
             "finished_at": iso(self.finished_at),
             "source": self.source,
             "language": self.language,
-            "structured": {
-                "title": "",
-                "overview": "",
-                "emoji": "🧠",
-                "category": "other",
-                "action_items": [],
-                "events": [],
-            },
+            "structured": {**DEFAULT_STRUCTURED, "action_items": [], "events": [], **(self.structured or {})},
             "transcript_segments": [msgspec.to_builtins(s) for s in self.segments],
             "transcript_segments_compressed": False,
             "geolocation": None,
@@ -109,6 +114,27 @@ def _from_row(row: ConversationRow, *, with_segments: bool = True) -> Conversati
         timeout_s=row.timeout_s,
         discarded=row.discarded,
         segments=[_segment_from_row(s) for s in row.segments] if with_segments else [],
+        structured=row.structured,
+        external_id=row.external_id,
+    )
+
+
+def _segment_row(seg: TranscriptSegment, conversation_id: str, position: int) -> SegmentRow:
+    return SegmentRow(
+        id=seg.id,
+        conversation_id=conversation_id,
+        position=position,
+        text=seg.text,
+        speaker=seg.speaker,
+        speaker_id=seg.speaker_id,
+        is_user=seg.is_user,
+        person_id=seg.person_id,
+        start=seg.start,
+        end=seg.end,
+        translations=seg.translations,
+        speech_profile_processed=seg.speech_profile_processed,
+        stt_provider=seg.stt_provider,
+        speaker_name=seg.speaker_name,
     )
 
 
@@ -207,24 +233,7 @@ class ConversationStore:
             if timeout_s is not None:
                 row.timeout_s = timeout_s
             for seg in changed:
-                await session.merge(
-                    SegmentRow(
-                        id=seg.id,
-                        conversation_id=conversation.id,
-                        position=positions.get(seg.id, len(positions)),
-                        text=seg.text,
-                        speaker=seg.speaker,
-                        speaker_id=seg.speaker_id,
-                        is_user=seg.is_user,
-                        person_id=seg.person_id,
-                        start=seg.start,
-                        end=seg.end,
-                        translations=seg.translations,
-                        speech_profile_processed=seg.speech_profile_processed,
-                        stt_provider=seg.stt_provider,
-                        speaker_name=seg.speaker_name,
-                    )
-                )
+                await session.merge(_segment_row(seg, conversation.id, positions.get(seg.id, len(positions))))
             if changed:
                 enqueue(
                     session,
@@ -388,6 +397,132 @@ class ConversationStore:
         if self.on_enqueue is not None:
             self.on_enqueue()
         return ids
+
+    async def owners(self, uid: str, segment_ids: list[str]) -> dict[str, str]:
+        """The user's conversation holding each of ``segment_ids`` that is stored: ``{segment id: conversation id}``."""
+        found: dict[str, str] = {}
+        async with self._session() as session:
+            for i in range(0, len(segment_ids), 500):
+                query = (
+                    select(SegmentRow.id, SegmentRow.conversation_id)
+                    .join(ConversationRow, ConversationRow.id == SegmentRow.conversation_id)
+                    .where(SegmentRow.id.in_(segment_ids[i : i + 500]), ConversationRow.uid == uid)
+                )
+                found.update({sid: cid for sid, cid in (await session.execute(query)).all()})
+        return found
+
+    async def find_external(self, uid: str, external_id: str) -> str | None:
+        """The id of the user's conversation imported from ``external_id`` (its id in the OMI cloud), if any."""
+        async with self._session() as session:
+            return await session.scalar(
+                select(ConversationRow.id)
+                .where(ConversationRow.uid == uid, ConversationRow.external_id == external_id)
+                .order_by(ConversationRow.created_at)
+                .limit(1)
+            )
+
+    async def put_completed(self, conversation: Conversation) -> tuple[Conversation, bool]:
+        """Store a whole conversation exactly as given (an import), in one transaction.
+
+        What is stored under its id is replaced: its fields, and its segments (added, changed,
+        reordered or removed). A segment id that another of the user's conversations holds moves
+        here; that conversation is queued first (as deleted if nothing is left of it), so the
+        sinks see the turn leave it before it arrives here. Only what changed is queued: storing
+        the same conversation again changes nothing and queues nothing. A conversation that
+        becomes completed is also queued as closed.
+
+        Returns:
+            The conversation as stored, and whether anything changed.
+
+        Raises:
+            ConflictError: the id, or a segment id, belongs to another user.
+        """
+        new = conversation
+        positions = {s.id: i for i, s in enumerate(new.segments)}
+        if len(positions) != len(new.segments):
+            raise ValueError("a conversation's segment ids must be unique")
+        fields: dict[str, Any] = {
+            "status": new.status,
+            "source": new.source,
+            "language": new.language,
+            "started_at": new.started_at,
+            "finished_at": new.finished_at,
+            "last_speech_at": new.last_speech_at,
+            "timeout_s": new.timeout_s,
+            "discarded": new.discarded,
+            "structured": new.structured,
+            "external_id": new.external_id,
+        }
+        turns: list[str] = []  # this conversation's turns that changed
+        async with self._session() as session, session.begin():
+            row = await session.get(ConversationRow, new.id, options=[lazyload(ConversationRow.segments)])
+            if row is None:
+                row = ConversationRow(id=new.id, uid=new.uid, created_at=new.created_at, **fields)
+                session.add(row)
+                changed, closed = True, new.status == "completed"
+            elif row.uid != new.uid:
+                raise ConflictError(f"conversation {new.id} belongs to another user")
+            else:
+                changed = any(getattr(row, k) != v for k, v in fields.items())
+                closed = row.status != "completed" and new.status == "completed"
+                for key, value in fields.items():
+                    setattr(row, key, value)
+
+            ids = list(positions)
+            rows: dict[str, SegmentRow] = {}
+            for i in range(0, len(ids), 500):
+                found = await session.scalars(select(SegmentRow).where(SegmentRow.id.in_(ids[i : i + 500])))
+                rows.update({r.id: r for r in found.all()})
+            mine = (await session.scalars(select(SegmentRow).where(SegmentRow.conversation_id == new.id))).all()
+            rows.update({r.id: r for r in mine})
+
+            # Segments that other conversations of the user hold leave them first.
+            moved: dict[str, list[str]] = {}
+            for seg in new.segments:
+                held = rows.get(seg.id)
+                if held is not None and held.conversation_id != new.id:
+                    moved.setdefault(held.conversation_id, []).append(seg.id)
+            for other_id, moving in moved.items():
+                other = await session.get(ConversationRow, other_id, options=[lazyload(ConversationRow.segments)])
+                if other is None or other.uid != new.uid:
+                    raise ConflictError("a segment id of this conversation belongs to another user")
+                for sid in moving:
+                    rows[sid].conversation_id = new.id
+                await session.flush()
+                left = await session.scalar(
+                    select(func.count()).select_from(SegmentRow).where(SegmentRow.conversation_id == other_id)
+                )
+                if not left:
+                    await session.delete(other)
+                action = "turns" if left else "deleted"
+                enqueue(
+                    session, uid=new.uid, sinks=self.sinks, action=action, conversation_id=other_id, turn_ids=moving
+                )
+            was_moved = {sid for moving in moved.values() for sid in moving}
+
+            for seg_row in mine:
+                if seg_row.id not in positions:
+                    await session.delete(seg_row)
+                    turns.append(seg_row.id)
+            for seg in new.segments:
+                held = rows.get(seg.id)
+                if (
+                    held is not None
+                    and seg.id not in was_moved
+                    and held.position == positions[seg.id]
+                    and _segment_from_row(held) == seg
+                ):
+                    continue
+                await session.merge(_segment_row(seg, new.id, positions[seg.id]))
+                turns.append(seg.id)
+            if turns:
+                enqueue(session, uid=new.uid, sinks=self.sinks, action="turns", conversation_id=new.id, turn_ids=turns)
+            if closed:
+                enqueue(session, uid=new.uid, sinks=self.sinks, action="closed", conversation_id=new.id)
+            created_at = row.created_at
+        if turns or closed or moved:
+            self._queued()
+        return msgspec.structs.replace(new, created_at=created_at), changed or bool(turns) or bool(moved)
 
     async def add_completed(
         self, *, uid: str, source: str, language: str, started_at: float, segments: list[TranscriptSegment], now: float

@@ -113,7 +113,8 @@ def summary_line(conversation: Conversation) -> str:
     minutes = max(1, round((conversation.finished_at - conversation.started_at) / 60))
     speakers = sorted({speaker_of(s) for s in conversation.segments}, key=lambda n: (n != "me", n))
     end = datetime.fromtimestamp(conversation.finished_at, tz=UTC).strftime("%H:%M")
-    topics = ", ".join(_topics(conversation)) or "(no words)"
+    title = str((conversation.structured or {}).get("title") or "").strip()
+    topics = title or ", ".join(_topics(conversation)) or "(no words)"  # OMI's own title, when it sent one
     return (
         f"- {_minute(conversation.started_at)}–{end} UTC ({minutes} min, {len(conversation.segments)} turns) "
         f"with {', '.join(speakers)}; about: {topics} [conv:{conversation.id}]"

@@ -34,11 +34,27 @@ def test_bad_tokens_are_refused(header: str | None, message: str):
 
 
 def test_local_development_accepts_anything_as_uid_123_and_warns(caplog: pytest.LogCaptureFixture):
-    dev = AuthSettings(admin_key="s3cret-key", local_development=True)
+    dev = AuthSettings(local_development=True)
     with caplog.at_level(logging.WARNING):
         assert resolve_uid("Bearer dev-token", dev) == DEV_UID == "123"
     assert "LOCAL_DEVELOPMENT" in caplog.text
-    assert resolve_uid("Bearer s3cret-keybob", dev) == "bob"
+
+
+@pytest.mark.parametrize("real", [{"admin_key": "s3cret-key"}, {"firebase_project_id": "omi-app"}])
+def test_local_development_cannot_be_combined_with_real_auth(real: dict[str, str]):
+    from app.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="LOCAL_DEVELOPMENT=true accepts any token"):
+        AuthSettings(local_development=True, **real)
+
+
+def test_local_development_serves_only_on_loopback():
+    from app.services import check_can_serve
+    from app.settings import SettingsError, load_settings
+
+    check_can_serve(load_settings({"LOCAL_DEVELOPMENT": "true", "HOST": "127.0.0.1"}, env_file=None))
+    with pytest.raises(SettingsError, match="only on a loopback HOST"):
+        check_can_serve(load_settings({"LOCAL_DEVELOPMENT": "true", "HOST": "0.0.0.0"}, env_file=None))
 
 
 def test_no_admin_key_means_no_token_is_valid():

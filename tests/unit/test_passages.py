@@ -86,6 +86,12 @@ def test_the_summary_says_when_who_how_long_and_what_about():
     assert "jersey" in line and "chicago" in line and "[conv:c0ffee00-0000-4000-8000-000000000000]" in line
 
 
+def test_the_summary_uses_the_title_the_omi_cloud_sent():
+    conversation = sample()
+    conversation.structured = {"title": "Diane's move to New Jersey", "overview": "..."}
+    assert "; about: Diane's move to New Jersey [conv:" in summary_line(conversation)
+
+
 def test_the_block_lists_newest_first_within_its_size():
     many = [sample(cid=f"{i:08d}-0000-4000-8000-000000000000") for i in range(50)]
     block = recent_block(many, 1000)

@@ -100,6 +100,7 @@ CLOUD = {
         {"VECTOR_INDEX": "pinecone", "PINECONE_API_KEY": "pc", "PINECONE_INDEX": "omi"},
         "VECTOR_INDEX=pinecone",
     ),
+    "Deepgram": ({"STT_BACKEND": "deepgram", "DEEPGRAM_API_KEY": "dg"}, "STT_BACKEND=deepgram"),
     "Postgres elsewhere": ({"DATABASE_URL": "postgresql+asyncpg://u:secret@db.example.com/omi"}, "DATABASE_URL="),
 }
 
