@@ -69,6 +69,7 @@ bench: install ## run the benchmarks in bench/ (results go in docs/benchmarks.md
 	$(BIN)/python bench/diarize.py
 	$(BIN)/python bench/live_labels.py
 	$(BIN)/python bench/search.py
+	$(BIN)/python bench/mcp.py
 	$(BIN)/python bench/delivery.py
 
 clean: ## remove the virtualenv and caches (keeps DATA_DIR)

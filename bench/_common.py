@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import platform
+import random
 import re
 import shutil
 import signal
@@ -21,16 +22,21 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import soundfile as sf
 from numpy.typing import NDArray
+
+if TYPE_CHECKING:
+    from memory.embeddings import Embedder
+    from memory.search import Turn
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -266,14 +272,16 @@ class Server:
         deadline = time.monotonic() + self.startup_timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                tail = self.log_tail()  # before __exit__ removes the log with the temp dir
                 self.__exit__(None, None, None)
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_tail()}")
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{tail}")
             with contextlib.suppress(OSError):
                 urllib.request.urlopen(f"{self.base}/health", timeout=1).read()
                 return self
             time.sleep(0.2)
+        tail = self.log_tail()
         self.__exit__(None, None, None)
-        raise RuntimeError(f"server did not start in {self.startup_timeout_s:.0f} s:\n{self.log_tail()}")
+        raise RuntimeError(f"server did not start in {self.startup_timeout_s:.0f} s:\n{tail}")
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -477,6 +485,150 @@ def final_lags(
         lag = hits[-1][0] - result.send_times[k]
         lags.append(lag if lag >= 0 else None)  # only a partial arrived: no final for it
     return Lags(lags, len(result.messages), unmatched)
+
+
+# ---------------------------------------------------------------------------------------------
+# Synthetic memory: one user's turns in the local search indexes
+# ---------------------------------------------------------------------------------------------
+
+NAMES = ["Diane", "Sheila", "Bob", "Priya", "Marcus", "Elena", "Tom", "Aisha", "Kenji", "Laura"]
+PLACES = ["New Jersey", "Texas", "Chicago", "the office", "the clinic", "Lisbon", "the airport", "the gym"]
+DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "the weekend", "tomorrow", "next week"]
+TEMPLATES = [
+    "{name} said she would meet us in {place} on {day}.",
+    "Remind me to call {name} about the budget before {day}.",
+    "I think {name} moved to {place} last year.",
+    "The meeting with {name} got pushed to {day} afternoon.",
+    "Can you pick up {name} from {place} on {day}?",
+    "{name} wants the report finished by {day}.",
+    "We had dinner with {name} near {place}.",
+    "My appointment in {place} is on {day} at nine.",
+    "{name} told me the flight to {place} was delayed.",
+    "Don't forget the groceries, {name} is coming over {day}.",
+]
+MEMORY_T0 = 1_761_645_720.0  # when the first synthetic turn starts (epoch s); one turn every 30 s
+TURNS_PER_CONVERSATION = 40
+
+
+def memory_sentences(count: int, seed: int = 1) -> list[str]:
+    """``count`` distinct sentences about people, places, days and errands, from :data:`TEMPLATES`."""
+    rng = random.Random(seed)
+    out: set[str] = set()
+    while len(out) < count:
+        out.add(rng.choice(TEMPLATES).format(name=rng.choice(NAMES), place=rng.choice(PLACES), day=rng.choice(DAYS)))
+    return sorted(out)
+
+
+def embed_texts(embedder: Embedder, texts: list[str], *, label: str = "texts", chunk: int = 256) -> NDArray[np.float32]:
+    """``embedder.embed(texts)`` a chunk at a time, printing how far it got."""
+    parts = []
+    t = time.perf_counter()
+    for first in range(0, len(texts), chunk):
+        parts.append(embedder.embed(texts[first : first + chunk]))
+        done = min(first + chunk, len(texts))
+        print(f"\rembedding {label}: {done}/{len(texts)}", end="", flush=True)
+    print(f" in {time.perf_counter() - t:.1f} s", flush=True)
+    return np.concatenate(parts) if parts else np.zeros((0, embedder.dim), np.float32)
+
+
+def memory_turns(
+    n: int, pool: list[str], pool_vectors: NDArray[np.float32], *, uid: str = "bench", seed: int | None = None
+) -> tuple[list[Turn], NDArray[np.float32]]:
+    """``n`` turns of one user, and their vectors: each turn says a pool sentence, its vector the
+    sentence's plus a little noise (search time does not depend on the values).
+
+    Turn ``i`` is ``t{i}`` in conversation ``c{i // 40}``, starts at ``MEMORY_T0 + 30 i`` and lasts
+    4 s; every third turn is the user's (``me``), the others are said by the first five names.
+    ``seed`` (default ``n``) picks the sentences and the noise.
+    """
+    from memory.embeddings import normalize
+    from memory.search import Turn
+
+    rng = np.random.default_rng(n if seed is None else seed)
+    which = rng.integers(0, len(pool), n)
+    vectors = normalize(pool_vectors[which] + 0.05 * rng.standard_normal((n, pool_vectors.shape[1])))
+    turns = [
+        Turn(
+            uid=uid,
+            turn_id=f"t{i}",
+            conversation_id=f"c{i // TURNS_PER_CONVERSATION}",
+            speaker=NAMES[i % 5] if i % 3 else "me",
+            is_user=i % 3 == 0,
+            start=MEMORY_T0 + 30 * i,
+            end=MEMORY_T0 + 30 * i + 4,
+            text=pool[which[i]],
+        )
+        for i in range(n)
+    ]
+    return turns, np.asarray(vectors, dtype=np.float32)
+
+
+def seed_indexes(
+    folder: Path,
+    turns: list[Turn],
+    vectors: NDArray[np.float32],
+    *,
+    chunk: int = 5000,
+    also: dict[str, Callable[[Sequence[Turn]], object]] | None = None,
+    progress: bool = False,
+) -> dict[str, float]:
+    """Write ``turns`` with their ``vectors`` into the local vector index and the lexical index in
+    ``folder`` (a server's ``DATA_DIR/index``), ``chunk`` turns at a time, and close both files.
+
+    ``also`` names more writers, each given every chunk too (a baseline's store, say). Returns the
+    seconds each writer took, by name: ``vector``, ``lexical`` and those of ``also``.
+    """
+    from memory.index import IndexItem
+    from memory.index.local import LocalVectorIndex
+    from memory.search import LexicalIndex
+
+    index = LocalVectorIndex(folder)
+    lexical = LexicalIndex(folder)
+    seconds = dict.fromkeys(["vector", "lexical", *(also or {})], 0.0)
+    try:
+        for first in range(0, len(turns), chunk):
+            part = turns[first : first + chunk]
+            t = time.perf_counter()
+            index._upsert(
+                [
+                    IndexItem(**{f: getattr(x, f) for f in x.__struct_fields__}, vector=v)
+                    for x, v in zip(part, vectors[first : first + chunk], strict=True)
+                ]
+            )
+            seconds["vector"] += time.perf_counter() - t
+            t = time.perf_counter()
+            lexical.upsert_sync(part)
+            seconds["lexical"] += time.perf_counter() - t
+            for name, write in (also or {}).items():
+                t = time.perf_counter()
+                write(part)
+                seconds[name] += time.perf_counter() - t
+            if progress:
+                done = first + len(part)
+                print(f"\rseeding turns: {done}/{len(turns)}", end="" if done < len(turns) else "\n", flush=True)
+    finally:
+        asyncio.run(_close(index, lexical))
+    return seconds
+
+
+def indexed_counts(folder: Path, uid: str) -> dict[str, int]:
+    """How many of ``uid``'s turns the vector and the lexical index files in ``folder`` hold."""
+    from memory.index.local import LocalVectorIndex
+    from memory.search import LexicalIndex
+
+    async def count() -> dict[str, int]:
+        index, lexical = LocalVectorIndex(folder), LexicalIndex(folder)
+        try:
+            return {"vector": await index.count(uid), "lexical": await lexical.count(uid)}
+        finally:
+            await _close(index, lexical)
+
+    return asyncio.run(count())
+
+
+async def _close(*indexes: Any) -> None:
+    for index in indexes:
+        await index.close()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import math
 import os
-import random
 import sqlite3
 import sys
 import tempfile
@@ -40,27 +39,21 @@ from numpy.typing import NDArray
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import pct, print_machine, save_json, table
-from memory.embeddings import Embedder, LocalEmbedder, normalize
-from memory.index import IndexHit, IndexItem
+from bench._common import (
+    embed_texts,
+    memory_sentences,
+    memory_turns,
+    pct,
+    print_machine,
+    save_json,
+    seed_indexes,
+    table,
+)
+from memory.embeddings import Embedder, LocalEmbedder
+from memory.index import IndexHit
 from memory.index.local import LocalVectorIndex
 from memory.search import CANDIDATES, LexicalIndex, MemorySearch, Turn, fuse, lexical_query
 
-NAMES = ["Diane", "Sheila", "Bob", "Priya", "Marcus", "Elena", "Tom", "Aisha", "Kenji", "Laura"]
-PLACES = ["New Jersey", "Texas", "Chicago", "the office", "the clinic", "Lisbon", "the airport", "the gym"]
-DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "the weekend", "tomorrow", "next week"]
-TEMPLATES = [
-    "{name} said she would meet us in {place} on {day}.",
-    "Remind me to call {name} about the budget before {day}.",
-    "I think {name} moved to {place} last year.",
-    "The meeting with {name} got pushed to {day} afternoon.",
-    "Can you pick up {name} from {place} on {day}?",
-    "{name} wants the report finished by {day}.",
-    "We had dinner with {name} near {place}.",
-    "My appointment in {place} is on {day} at nine.",
-    "{name} told me the flight to {place} was delayed.",
-    "Don't forget the groceries, {name} is coming over {day}.",
-]
 QUERIES = [
     "where does Diane live",
     "when is my appointment",
@@ -73,14 +66,6 @@ QUERIES = [
 ]
 HYBRID = "hybrid: MemorySearch.search"
 HYBRID_DIRECT = "hybrid: vector + lexical + fusion, direct"
-
-
-def sentences(count: int, seed: int = 1) -> list[str]:
-    rng = random.Random(seed)
-    out: set[str] = set()
-    while len(out) < count:
-        out.add(rng.choice(TEMPLATES).format(name=rng.choice(NAMES), place=rng.choice(PLACES), day=rng.choice(DAYS)))
-    return sorted(out)
 
 
 class Fts5Lexical:
@@ -216,44 +201,11 @@ def same_scores(ours: list[IndexHit], fts5: list[IndexHit]) -> float:
 
 
 def run_size(n: int, pool: list[str], pool_vectors: np.ndarray, query_vectors: np.ndarray, repeats: int) -> dict:
-    rng = np.random.default_rng(n)
     folder = Path(tempfile.mkdtemp(prefix="omi-letta-bench-search-"))
-    index = LocalVectorIndex(folder)
-    lexical = LexicalIndex(folder)
     fts5 = Fts5Lexical(folder / "fts5.db")
-    which = rng.integers(0, len(pool), n)
-    vectors = normalize(pool_vectors[which] + 0.05 * rng.standard_normal((n, pool_vectors.shape[1])))
-    t0 = 1_761_645_720.0
-    turns = [
-        Turn(
-            uid="bench",
-            turn_id=f"t{i}",
-            conversation_id=f"c{i // 40}",
-            speaker=NAMES[i % 5] if i % 3 else "me",
-            is_user=i % 3 == 0,
-            start=t0 + 30 * i,
-            end=t0 + 30 * i + 4,
-            text=pool[which[i]],
-        )
-        for i in range(n)
-    ]
-    insert_s = {"vector": 0.0, "lexical": 0.0, "fts5": 0.0}
-    for first in range(0, n, 5000):
-        chunk = turns[first : first + 5000]
-        t = time.perf_counter()
-        index._upsert(
-            [
-                IndexItem(**{f: getattr(x, f) for f in x.__struct_fields__}, vector=v)
-                for x, v in zip(chunk, vectors[first : first + 5000], strict=True)
-            ]
-        )
-        insert_s["vector"] += time.perf_counter() - t
-        t = time.perf_counter()
-        lexical.upsert_sync(chunk)
-        insert_s["lexical"] += time.perf_counter() - t
-        t = time.perf_counter()
-        fts5.insert(chunk)
-        insert_s["fts5"] += time.perf_counter() - t
+    turns, vectors = memory_turns(n, pool, pool_vectors)
+    t0 = turns[0].start
+    insert_s = seed_indexes(folder, turns, vectors, also={"fts5": fts5.insert})
     # Reopen so the first query loads the user's matrix and postings from disk, as after a restart.
     index = LocalVectorIndex(folder)
     lexical = LexicalIndex(folder)
@@ -355,10 +307,8 @@ def main() -> None:
     print_machine()
     load_before = os.getloadavg()
     embedder = LocalEmbedder()
-    pool = sentences(args.pool)
-    t = time.perf_counter()
-    pool_vectors = embedder.embed(pool)
-    print(f"embedded {len(pool)} pool sentences in {time.perf_counter() - t:.1f} s")
+    pool = memory_sentences(args.pool)
+    pool_vectors = embed_texts(embedder, pool, label="pool sentences")
     throughput = embedding_throughput(embedder, pool[:256])
     query_vectors = embedder.embed(QUERIES)
     t = time.perf_counter()
