@@ -59,8 +59,11 @@ typecheck: install ## mypy
 unit: install ## only the fast tests
 	$(BIN)/pytest -q tests/unit
 
+# Test files run on TEST_WORKERS processes (pytest-xdist), a file's tests together on one.
+TEST_WORKERS ?= 2
+
 test: lint typecheck ## lint, type-check and run every test
-	$(BIN)/pytest -q -ra
+	$(BIN)/pytest -q -ra -n $(TEST_WORKERS) --dist loadfile --durations=10
 
 bench: install ## run the benchmarks in bench/ (results go in docs/benchmarks.md)
 	$(BIN)/python bench/latency.py
