@@ -117,6 +117,31 @@ def _parser() -> argparse.ArgumentParser:
     backfill.add_argument("--since", type=_when, metavar="WHEN", help="only conversations ending at or after this")
     backfill.add_argument("--sink", choices=("index", "letta"), help="only this sink (default: every configured one)")
 
+    erase = commands.add_parser(
+        "erase",
+        help="erase everything of one user's: conversations (also in the memory index and Letta), voice "
+        "profiles, API tokens, day summaries",
+        description="Delete every conversation of the user with its turns, from the database, the memory index "
+        "and their Letta agent (its passages and its recent_conversations block; the agent itself stays), and "
+        "their voice profiles, API tokens and day summaries; then wait until the index and Letta have the "
+        "deletions. A running `omi-letta serve` delivers them, and keeps a conversation it holds in progress "
+        "(DELETE /v1/users/me/data erases that one too); otherwise this command delivers. It cannot be undone.",
+    )
+    erase.add_argument("--uid", required=True, help="whose data to erase")
+    erase.add_argument("--json", action="store_true", help="print the counts as JSON to stdout")
+
+    purge = commands.add_parser(
+        "purge",
+        help="delete conversations older than RETENTION_DAYS now (also in the memory index and Letta)",
+        description="Delete every completed conversation that finished more than RETENTION_DAYS days ago (or "
+        "--days N), from the database, the memory index and the Letta agents' passages, as `omi-letta serve` "
+        "does at startup and every RETENTION_INTERVAL_S; then wait until the deletions are delivered. Voice "
+        "profiles, API tokens and day summaries stay.",
+    )
+    purge.add_argument("--days", type=int, metavar="N", help="older than N days (default: RETENTION_DAYS)")
+    purge.add_argument("--dry-run", action="store_true", help="only count what would be deleted")
+    purge.add_argument("--json", action="store_true", help="print the counts as JSON to stdout")
+
     tokens = commands.add_parser(
         "token",
         help="create, list or revoke a user's API tokens",
@@ -133,6 +158,20 @@ def _parser() -> argparse.ArgumentParser:
     token_list.add_argument("--json", action="store_true", help="print the tokens as JSON")
     revoke = token_verbs.add_parser("revoke", help="revoke a token by its id")
     revoke.add_argument("id", metavar="ID")
+
+    audit = commands.add_parser(
+        "audit",
+        help="export the audit log: who read, searched, changed or deleted which conversation, when, from where",
+        description="Print the audit log, oldest first: for each access its time, the user (empty: a refused "
+        "token, or this command), the action, the conversation, the route or tool, the client's address and "
+        "the status. It never holds what was said or searched for. Reading it is itself recorded (export).",
+    )
+    audit.add_argument("--uid", help="only what this user did")
+    audit.add_argument("--since", type=_when, metavar="WHEN", help="only entries at or after this (ISO date/time)")
+    audit.add_argument("--until", type=_when, metavar="WHEN", help="only entries at or before this (ISO date/time)")
+    audit_format = audit.add_mutually_exclusive_group()
+    audit_format.add_argument("--json", action="store_true", help="print the entries as JSON to stdout")
+    audit_format.add_argument("--csv", action="store_true", help="print the entries as CSV (times in ISO 8601)")
 
     chat = commands.add_parser(
         "chat",
@@ -211,8 +250,12 @@ def main(argv: list[str] | None = None) -> int:
             return _outbox(args)
         if args.command == "backfill":
             return _backfill(args)
+        if args.command in ("erase", "purge"):
+            return _forget(args)
         if args.command == "token":
             return _token(args)
+        if args.command == "audit":
+            return _audit(args)
         if args.command == "chat":
             return _chat(args)
         if args.command == "doctor":
@@ -646,6 +689,108 @@ def _backfill(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def _forget(args: argparse.Namespace) -> int:
+    """``erase --uid U`` and ``purge``: delete through the outbox, then wait for the sinks."""
+    from tqdm import tqdm
+
+    from app.retention import Retention
+    from app.services import delivery_for
+    from ingest.metrics import Metrics
+    from memory.delivery import DeliveryLock
+    from memory.search import open_search
+    from memory.store import ConversationStore, iso
+
+    settings = load_settings()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    name = f"omi-letta {args.command}"
+    days = 0
+    if args.command == "purge":
+        days = settings.retention.days if args.days is None else args.days
+        if args.days is not None and args.days < 1:
+            print(f"{name}: --days must be at least 1", file=sys.stderr)
+            return 2
+        if days <= 0:
+            print(f"{name}: RETENTION_DAYS is 0, which keeps conversations forever; give --days N", file=sys.stderr)
+            return 2
+
+    async def run() -> int:
+        store = await ConversationStore.open(settings.database_url, sinks=settings.sinks)
+        search = open_search(settings.embeddings, settings.vector_index, settings.server.data_dir)
+        outbox, deliverer = delivery_for(settings, store, search, Metrics())
+        lock = DeliveryLock(settings.server.data_dir)
+        here = lock.acquire()
+        try:
+            retention = Retention.over(store, days=days)
+            if args.command == "purge":
+                cutoff = iso(retention.cutoff() or 0.0)[:16].replace("T", " ")
+                if args.dry_run:
+                    found = await retention.expired()
+                    counts = {"conversations": len(found), "turns": sum(n for _, _, n in found)}
+                    if args.json:
+                        _print_json(counts)
+                    else:
+                        print(
+                            f"{counts['conversations']} conversation(s) with {counts['turns']} turn(s) finished "
+                            f"before {cutoff} UTC ({days} day(s) ago); nothing deleted (--dry-run)"
+                        )
+                    return 0
+                done = await retention.purge()
+                what = f"deleted {done.conversations} conversation(s) with {done.turns} turn(s) that finished before "
+                what += f"{cutoff} UTC ({days} day(s) ago)"
+            else:
+                done = await retention.erase(args.uid, keep_in_progress=not here)
+                what = (
+                    f"erased uid {args.uid}: {done.conversations} conversation(s) with {done.turns} turn(s), "
+                    f"{done.speakers} voice profile(s), {done.tokens} API token(s), "
+                    f"{done.day_summaries} day summary(ies)"
+                )
+                if not here and await store.in_progress(args.uid) is not None:
+                    what += (
+                        "; the running service holds a conversation of theirs in progress, which was kept: "
+                        "DELETE /v1/users/me/data erases it too, or run this again once it closed"
+                    )
+            ids = done.records
+            state = {"done": 0, "dead": 0, "pending": 0, "failing": 0}
+            if not args.json:
+                print(what)
+            if ids:
+                who = "delivering here" if here else "the running service delivers"
+                print(f"{len(ids)} deletion(s) queued for {', '.join(store.sinks)}; {who}", file=sys.stderr)
+                if here:
+                    deliverer.start()
+                started = time.monotonic()
+                with tqdm(total=len(ids), unit="record", file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
+
+                    def show(now: dict[str, int]) -> None:
+                        bar.n = now["done"] + now["dead"]
+                        bar.set_postfix(failing=now["failing"], dead=now["dead"])
+                        bar.refresh()
+
+                    state = await deliverer.drain(ids, progress=show)
+                print(
+                    f"delivered {state['done']} of {len(ids)} deletion(s) in {time.monotonic() - started:.1f} s",
+                    file=sys.stderr,
+                )
+            if args.json:
+                _print_json({**({"uid": args.uid} if args.command == "erase" else {}), **done.counts(), **state})
+            if state["pending"] or state["dead"]:
+                error = await outbox.last_error(ids)
+                print(
+                    f"{name}: {state['pending']} deletion(s) wait for a retry and {state['dead']} are dead; last "
+                    f"error: {error}. `omi-letta serve` delivers them; `omi-letta outbox list` shows them.",
+                    file=sys.stderr,
+                )
+                return 1
+            return 0
+        finally:
+            await deliverer.stop()
+            lock.release()
+            await search.close()
+            await store.close()
+
+    return asyncio.run(run())
+
+
 def _token(args: argparse.Namespace) -> int:
     from memory.errors import NotFoundError
     from memory.store import ConversationStore, iso
@@ -690,6 +835,53 @@ def _token(args: argparse.Namespace) -> int:
         state = f"revoked {iso(t.revoked_at)[:19]}" if t.revoked_at else "active"
         used = iso(t.last_used_at)[:19] if t.last_used_at else "never"
         print(f"{t.id}  {t.hint}…  uid {t.uid}  {t.name}  created {iso(t.created_at)[:19]}  used {used}  {state}")
+    return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    import csv
+    import getpass
+
+    from memory.audit import AuditEntry, AuditLog
+    from memory.store import ConversationStore, iso
+
+    settings = load_settings()
+
+    async def run() -> list[dict[str, Any]] | None:
+        store = await ConversationStore.open(settings.database_url)
+        audit = AuditLog(store.engine)
+        try:
+            found = await audit.entries(uid=args.uid, since=args.since, until=args.until)
+            try:
+                operator = f"cli:{getpass.getuser()}"
+            except (KeyError, OSError):  # no user name for this process's uid
+                operator = "cli"
+            audit.record(uid="", action="export", route="cli:audit", client=operator, status=200)
+            recorded = await audit.flush()  # no export that is not itself on record
+            await audit.close()
+        finally:
+            await store.close()
+        return [msgspec_builtins(e) for e in found] if recorded else None
+
+    entries = asyncio.run(run())
+    if entries is None:
+        print("omi-letta audit: could not record this export in the audit log; nothing printed", file=sys.stderr)
+        return 1
+    if args.json:
+        _print_json(entries)
+        return 0
+    if args.csv:
+        writer = csv.DictWriter(sys.stdout, fieldnames=AuditEntry.__struct_fields__, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({**e, "at": iso(e["at"])} for e in entries)
+        return 0
+    if not entries:
+        print("the audit log holds no such entry", file=sys.stderr)
+    for e in entries:
+        print(
+            f"{e['id']:>7}  {iso(e['at'])[:19]}  {e['action']:<12}  uid {e['uid'] or '-'}  "
+            f"conv {e['conversation_id'] or '-'}  {e['route']}  from {e['client'] or '-'}  {e['status']}"
+        )
     return 0
 
 

@@ -12,6 +12,7 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 
 from app import __version__
+from app.audit import audit_response
 from app.chat import ChatController
 from app.mcp import MemoryMcp
 from app.page import API_DOCS, api_docs, page, page_asset
@@ -21,6 +22,7 @@ from app.routes import (
     MemoryController,
     SpeakerController,
     conflict,
+    erase_my_data,
     health,
     live,
     memory_unavailable,
@@ -101,6 +103,7 @@ def create_app(
             health,
             metrics,
             live,
+            erase_my_data,
             ConversationController,
             SpeakerController,
             MemoryController,
@@ -117,6 +120,7 @@ def create_app(
             "uid": Provide(provide_uid),
         },
         lifespan=[lifespan],
+        before_send=[audit_response],  # sees every response's status, those made from exceptions too
         exception_handlers={
             NotFoundError: not_found,
             ConflictError: conflict,

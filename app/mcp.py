@@ -3,14 +3,17 @@
 Four tools, each answering in plain text written for a model to read: names rather than speaker
 labels, times with their zone, a line per turn. Every call is scoped to the user of the bearer
 token on the HTTP request (an API token or ``<ADMIN_KEY><uid>``); a request without a valid token
-gets 401 before MCP sees it. The server is stateless and answers JSON, so any number of service
-processes can serve it.
+gets 401 before MCP sees it. Each tool call goes into the audit log (``mcp:<tool>``, never its
+arguments but a conversation id). The server is stateless and answers JSON, so any number of
+service processes can serve it.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +21,7 @@ from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
 from mcp.server.transport_security import TransportSecuritySettings
 
+from app.audit import client_of
 from app.auth import AuthError
 from memory.errors import NotFoundError
 from memory.sinks.passages import speaker_of, summary_line
@@ -36,6 +40,21 @@ INSTRUCTIONS = (
     "quote who said what and when."
 )
 MAX_LIMIT = 50
+TOOL_ACTIONS = {
+    "search_memory": "search",
+    "who_said": "search",
+    "get_conversation": "read",
+    "list_conversations": "list",
+}
+"""The audit action of each tool."""
+
+
+@dataclass
+class _ToolCall:
+    """One tool call: its caller and, once it ended, its outcome as an HTTP status (for the audit log)."""
+
+    uid: str
+    status: int = 200
 
 
 def _when(ts: float) -> str:
@@ -108,10 +127,35 @@ class MemoryMcp:
 
         return await authenticate(authorization, self._services())
 
-    def _uid(self, ctx: Context, tool: str) -> str:
-        """The caller's uid; counts the call (``mcp_calls_<tool>_total``)."""
-        self._services().metrics.inc(f"mcp_calls_{tool}_total")
-        return self._caller(ctx)
+    @contextmanager
+    def _call(self, ctx: Context, tool: str, *, conversation_id: str | None = None) -> Iterator[_ToolCall]:
+        """A tool call of the caller: counts it (``mcp_calls_<tool>_total``) and audits it when it ends.
+
+        Its status is 200, 400 for a bad argument (``ValueError``), 500 for another error, or what
+        the tool set (404: no such conversation).
+        """
+        services = self._services()
+        services.metrics.inc(f"mcp_calls_{tool}_total")
+        call = _ToolCall(self._caller(ctx))
+        try:
+            yield call
+        except ValueError:
+            call.status = 400
+            raise
+        except Exception:
+            call.status = 500
+            raise
+        finally:
+            if services.audit is not None:
+                request = ctx.request_context.request
+                services.audit.record(
+                    uid=call.uid,
+                    action=TOOL_ACTIONS[tool],
+                    route=f"mcp:{tool}",
+                    client=client_of(getattr(request, "scope", {})),
+                    status=call.status,
+                    conversation_id=conversation_id,
+                )
 
     @staticmethod
     def _caller(ctx: Context) -> str:
@@ -146,14 +190,15 @@ class MemoryMcp:
             memory = services().memory
             if memory is None:
                 return "Memory search is not configured on this service."
-            hits = await memory.search(
-                self._uid(ctx, "search_memory"),
-                query,
-                limit=max(1, min(limit, MAX_LIMIT)),
-                speaker=speaker,
-                since=_epoch(since, "since"),
-                until=_epoch(until, "until"),
-            )
+            with self._call(ctx, "search_memory") as call:
+                hits = await memory.search(
+                    call.uid,
+                    query,
+                    limit=max(1, min(limit, MAX_LIMIT)),
+                    speaker=speaker,
+                    since=_epoch(since, "since"),
+                    until=_epoch(until, "until"),
+                )
             if not hits:
                 return f"Nothing in memory matches {query!r}."
             return "\n".join(
@@ -167,10 +212,12 @@ class MemoryMcp:
             Args:
                 id: the conversation id, as other tools print it.
             """
-            try:
-                conversation = await services().store.get(self._uid(ctx, "get_conversation"), id)
-            except NotFoundError:
-                return f"There is no conversation {id}."
+            with self._call(ctx, "get_conversation", conversation_id=id) as call:
+                try:
+                    conversation = await services().store.get(call.uid, id)
+                except NotFoundError:
+                    call.status = 404
+                    return f"There is no conversation {id}."
             return _transcript(conversation)
 
         @mcp.tool()
@@ -184,8 +231,9 @@ class MemoryMcp:
                 until: only conversations starting at or before this ISO date or date-time.
                 limit: how many to return, 1 to 50.
             """
-            start, end = _epoch(since, "since"), _epoch(until, "until")
-            page, _ = await services().store.page(self._uid(ctx, "list_conversations"), limit=200, offset=0)
+            with self._call(ctx, "list_conversations") as call:
+                start, end = _epoch(since, "since"), _epoch(until, "until")
+                page, _ = await services().store.page(call.uid, limit=200, offset=0)
             found = [
                 c
                 for c in page
@@ -205,7 +253,8 @@ class MemoryMcp:
             memory = services().memory
             if memory is None:
                 return "Memory search is not configured on this service."
-            hits = await memory.lexical.query(self._uid(ctx, "who_said"), text, limit=3)
+            with self._call(ctx, "who_said") as call:
+                hits = await memory.lexical.query(call.uid, text, limit=3)
             if not hits:
                 return f"No one in memory said anything like {text!r}."
             return "\n".join(

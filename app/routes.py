@@ -17,6 +17,7 @@ from litestar.exceptions import NotAuthorizedException, ServiceUnavailableExcept
 from litestar.params import Body, Parameter
 from litestar.response import Response, ServerSentEvent, ServerSentEventMessage
 
+from app.audit import note_uid
 from app.auth import AuthError, resolve_uid
 from app.firebase import looks_like_jwt
 from app.live import LiveHub
@@ -40,6 +41,7 @@ __all__ = [
     "EmbeddingsController",
     "MemoryController",
     "SpeakerController",
+    "erase_my_data",
     "health",
     "live",
     "metrics",
@@ -76,9 +78,11 @@ async def authenticate(authorization: str | None, services: Services) -> str:
 async def provide_uid(request: Request[Any, Any, Any], services: Services) -> str:
     """The caller's uid (see :func:`authenticate`); 401 otherwise."""
     try:
-        return await authenticate(request.headers.get("authorization"), services)
+        uid = await authenticate(request.headers.get("authorization"), services)
     except AuthError as exc:
         raise NotAuthorizedException(detail=str(exc)) from exc
+    note_uid(request.scope, uid)
+    return uid
 
 
 @get("/health", tags=["service"], summary="Liveness and what is loaded")
@@ -134,6 +138,22 @@ async def _live_events(hub: LiveHub, uid: str) -> AsyncIterator[ServerSentEventM
             if event is None:
                 return
             yield ServerSentEventMessage(event=event.kind, data=msgspec.json.encode(event.data).decode())
+
+
+@delete("/v1/users/me/data", tags=["users"], summary="Erase all your data", status_code=202)
+async def erase_my_data(services: Services, uid: str) -> dict[str, Any]:
+    """Erase everything of the caller's: every conversation with its turns, voice profiles, API tokens
+    (the one in use too), day summaries, and the conversation in progress with its live state.
+
+    The database forgets at once. The memory index and the Letta agent's passages and
+    ``recent_conversations`` block follow through the outbox, exactly once and after anything queued
+    before: ``deliveries_queued`` records, whose draining ``/metrics`` shows (``outbox_pending_*``).
+    The agent itself stays. A device still streaming starts a new conversation.
+    """
+    if services.retention is None:
+        raise ServiceUnavailableException(detail="erasing is not available in this process")
+    erased = await services.retention.erase(uid)
+    return {**erased.counts(), "sinks": list(services.store.sinks)}
 
 
 class ConversationController(Controller):

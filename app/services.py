@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from app.firebase import FirebaseVerifier
 from app.live import LiveHub
 from app.privacy import is_loopback
+from app.retention import Retention
 from app.settings import Settings, SettingsError
 from ingest.asr import SpeechToText, StreamingSpeechToText, load_asr, load_refine_asr, load_streaming
 from ingest.conversations import ConversationManager, clamp_timeout
@@ -20,7 +21,9 @@ from ingest.refine import KeptSpeech, Refiner, TextRefiner, chain
 from ingest.speakers import LiveSpeakers
 from ingest.stream import Transcriber
 from ingest.vad import SileroVad, VadParams, load_vad
+from memory.audit import AuditLog
 from memory.chat import AgentChat
+from memory.day_summaries import DaySummaryStore
 from memory.delivery import Deliverer, DeliveryLock
 from memory.outbox import Outbox, RetryPolicy
 from memory.search import MemorySearch, open_search
@@ -81,6 +84,8 @@ class Services:
     firebase: FirebaseVerifier | None = None  # Firebase ID tokens of the OMI app, when FIREBASE_PROJECT_ID is set
     streaming: StreamingSpeechToText | None = None  # live streams go to this service (STT_BACKEND=deepgram)
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)  # run first by stop()
+    retention: Retention | None = None  # the retention purge (RETENTION_DAYS) and erasing a user's data
+    audit: AuditLog | None = None  # who read, searched, changed or deleted what (written in batches)
 
     @property
     def voices(self) -> EmbeddedDiarizer:
@@ -103,7 +108,8 @@ class Services:
 
         With ``queue`` every stored change is queued in the outbox for the configured sinks; with
         ``deliver`` too, this process runs the delivery loops, unless another process (a running
-        ``omi-letta serve``) holds the data directory's delivery lock.
+        ``omi-letta serve``) holds the data directory's delivery lock, and the retention purge
+        (``RETENTION_DAYS``).
         """
         settings.server.data_dir.mkdir(parents=True, exist_ok=True)
         metrics = Metrics()
@@ -125,6 +131,8 @@ class Services:
             "stt_gaps_total",
             "stt_gap_seconds_total",
             "stt_refused_total",
+            "retention_deleted_conversations_total",
+            "erasures_total",
         ):
             metrics.inc(counter, 0.0)
         metrics.set_gauge("streams_active", 0)
@@ -165,6 +173,8 @@ class Services:
         stt = f"{streaming.name} (live), {engine.name} (files)" if streaming else engine.name
         log.info("ready: speech-to-text %s, diarizer %s, database %s", stt, diarizer.name, store.dialect)
         memory = open_search(settings.embeddings, settings.vector_index, settings.server.data_dir)
+        audit = AuditLog(store.engine)
+        audit.start()
         services = cls(
             settings,
             store,
@@ -186,6 +196,18 @@ class Services:
             ),
             live=LiveHub(conversations.subscribe),
             streaming=streaming,
+            audit=audit,
+        )
+        services.retention = Retention(
+            conversations,
+            speakers,
+            services.tokens or TokenStore(store.engine),
+            DaySummaryStore(store.engine),
+            days=settings.retention.days,
+            interval_s=settings.retention.interval_s,
+            live=live,
+            kept=kept,
+            metrics=metrics,
         )
         if queue:
             services.outbox, services.deliverer = delivery_for(settings, store, memory, metrics)
@@ -194,6 +216,7 @@ class Services:
                 services.chat = AgentChat(letta, timeout_s=settings.llm.chat_timeout_s)
             if deliver:
                 await services._start_delivery()
+                services.retention.start()  # its deletions are queued, so they reach the sinks too
         return services
 
     async def _start_delivery(self) -> None:
@@ -219,12 +242,16 @@ class Services:
             except Exception:
                 log.exception("a shutdown step failed")
         self.live.close()
+        if self.retention is not None:
+            await self.retention.stop()
         await self.conversations.stop()
         if self.deliverer is not None:
             await self.deliverer.stop()
         if self.delivery_lock is not None:
             self.delivery_lock.release()
         self.transcriber.close()
+        if self.audit is not None:
+            await self.audit.close()  # the last entries, before the database closes
         await self.store.close()
         if self.memory is not None:
             await self.memory.close()

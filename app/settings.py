@@ -23,6 +23,7 @@ __all__ = [
     "LettaSettings",
     "LlmSettings",
     "PrivacySettings",
+    "RetentionSettings",
     "ServerSettings",
     "Settings",
     "SettingsError",
@@ -304,6 +305,27 @@ class StorageSettings:
 
 
 @dataclass(frozen=True)
+class RetentionSettings:
+    """How long conversations are kept."""
+
+    days: int = setting(
+        "RETENTION_DAYS",
+        0,
+        "Delete conversations that finished more than this many days ago, everywhere: the database, the memory "
+        "index and the Letta agents' passages (voice profiles stay); 0 keeps them forever.",
+    )
+    interval_s: float = setting(
+        "RETENTION_INTERVAL_S",
+        3600.0,
+        "How often `omi-letta serve` deletes conversations older than RETENTION_DAYS, in s (and once at startup).",
+    )
+
+    def __post_init__(self) -> None:
+        _check_range("RETENTION_DAYS", self.days, 0, 36_500)
+        _check_range("RETENTION_INTERVAL_S", self.interval_s, 1.0, 86_400.0)
+
+
+@dataclass(frozen=True)
 class EmbeddingSettings:
     """Text embeddings of turns and search queries."""
 
@@ -525,6 +547,7 @@ class Settings:
     conversation: ConversationSettings = field(default_factory=ConversationSettings)
     diarization: DiarizationSettings = field(default_factory=DiarizationSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
     letta: LettaSettings = field(default_factory=LettaSettings)
     llm: LlmSettings = field(default_factory=LlmSettings)
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
@@ -574,6 +597,7 @@ SECTIONS: tuple[type, ...] = (
     ConversationSettings,
     DiarizationSettings,
     StorageSettings,
+    RetentionSettings,
     EmbeddingSettings,
     VectorIndexSettings,
     LettaSettings,

@@ -37,6 +37,7 @@ from litestar.di import Provide
 from litestar.exceptions import HTTPException, NotAuthorizedException
 from litestar.params import Parameter
 
+from app.audit import note_uid
 from app.auth import AuthError
 from app.live import LiveEvent
 from app.routes import authenticate
@@ -483,6 +484,7 @@ async def provide_omi_uid(request: Request[Any, Any, Any], services: Services) -
             raise NotAuthorizedException(detail=str(exc)) from exc
     if claimed and claimed != uid:
         raise NotAuthorizedException(detail="the API token does not belong to the uid in the URL")
+    note_uid(request.scope, uid)
     return uid
 
 

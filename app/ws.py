@@ -21,6 +21,7 @@ import msgspec
 from litestar import WebSocket, websocket
 from litestar.exceptions import WebSocketDisconnect
 
+from app.audit import client_of
 from app.auth import AuthError
 from app.live import LiveEvent
 from app.routes import authenticate
@@ -86,6 +87,7 @@ class _Session:
     def __init__(self, socket: WebSocket) -> None:
         self.socket = socket
         self.closed = False
+        self.close_code: int | None = None  # the code this side closed with (None: the socket failed first)
         self.last_client_message = time.monotonic()
         self._lock = asyncio.Lock()
 
@@ -105,6 +107,7 @@ class _Session:
         if self.closed:
             return
         self.closed = True
+        self.close_code = code
         async with self._lock:
             with contextlib.suppress(Exception):
                 await self.socket.close(code=code, reason=reason)
@@ -116,7 +119,11 @@ def _segments_payload(segments: list[TranscriptSegment]) -> list[Any]:
 
 @websocket("/v4/listen")
 async def listen(socket: WebSocket) -> None:
-    """Stream audio in, transcript segments and conversation events out (OMI ``/v4/listen``)."""
+    """Stream audio in, transcript segments and conversation events out (OMI ``/v4/listen``).
+
+    Each stream is one audit entry (``stream``), written when it closes; a refused token is one
+    too (``auth-failure``).
+    """
     services: Services = socket.app.state.services
     await socket.accept()
     session = _Session(socket)
@@ -124,7 +131,44 @@ async def listen(socket: WebSocket) -> None:
         uid = await authenticate(socket.headers.get("authorization"), services)
     except AuthError as exc:
         await session.close(POLICY_VIOLATION, str(exc))
+        _audit(services, session, uid="", action="auth-failure")
         return
+    try:
+        await _stream(session, services, uid)
+    finally:
+        await _audit_stream(session, services, uid)
+
+
+async def _audit_stream(session: _Session, services: Services, uid: str) -> None:
+    """The stream's audit entry, naming the conversation in progress as it closed (if any).
+
+    Written even when the stream is cancelled (at shutdown) while the conversation is looked up.
+    """
+    current = None
+    try:
+        current = await services.conversations.current(uid)
+    except Exception:
+        log.warning("could not look up the conversation of a closed stream for its audit entry")
+    finally:
+        _audit(services, session, uid=uid, action="stream", conversation_id=current.id if current else None)
+
+
+def _audit(services: Services, session: _Session, *, uid: str, action: str, conversation_id: str | None = None) -> None:
+    """One audit entry of ``/v4/listen``; its status is the code the server closed with."""
+    if services.audit is not None:
+        services.audit.record(
+            uid=uid,
+            action=action,
+            route="ws:/v4/listen",
+            client=client_of(session.socket.scope),
+            status=session.close_code or GOING_AWAY,
+            conversation_id=conversation_id,
+        )
+
+
+async def _stream(session: _Session, services: Services, uid: str) -> None:
+    """One authenticated device stream, until it ends."""
+    socket = session.socket
     try:
         params = ListenParams.parse(dict(socket.query_params))
         engine = services.streaming or services.transcriber.asr

@@ -235,15 +235,22 @@ class ConversationManager:
         async with self._locks[uid]:
             return await self._close_locked(uid, conversation_id)
 
-    async def forget(self, uid: str, conversation_id: str) -> None:
-        """Delete a conversation (in progress or not) and its segments."""
+    async def forget(self, uid: str, conversation_id: str) -> list[int]:
+        """Delete a conversation (in progress or not) and its segments.
+
+        Returns the ids of the outbox records that carry the deletion to the sinks.
+
+        Raises:
+            NotFoundError: the conversation is not the user's (or is gone already).
+        """
         async with self._locks[uid]:
-            await self.store.delete(uid, conversation_id)
+            records = await self.store.delete(uid, conversation_id)
             current = self._current.get(uid)
             if current is not None and current.id == conversation_id:
                 del self._current[uid]
                 if self._on_forget:
                     self._on_forget(uid)
+            return records
 
     async def relabel(
         self, uid: str, conversation_id: str, change: Callable[[TranscriptSegment], TranscriptSegment]

@@ -79,6 +79,11 @@ class KeptSpeech:
         self._kept[uid] = left
         self._seconds[uid] = sum(len(k.pcm) for k in left) / SAMPLE_RATE
 
+    def expire(self, until: float) -> None:
+        """Drop every user's utterances that end by ``until`` (older than the retention period)."""
+        for uid in list(self._kept):
+            self.forget(uid, until)
+
     def seconds(self, uid: str) -> float:
         """How much of the user's speech is kept."""
         return self._seconds.get(uid, 0.0)

@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 import msgspec
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
@@ -95,3 +95,9 @@ class DaySummaryStore:
                 .offset(offset)
             )
             return [_summary(r) for r in rows.all()], int(total or 0)
+
+    async def delete_all(self, uid: str) -> int:
+        """Delete every summary of the user (their data is erased); how many there were."""
+        async with self._sessions() as session, session.begin():
+            result: Any = await session.execute(delete(DaySummaryRow).where(DaySummaryRow.uid == uid))
+            return int(result.rowcount or 0)

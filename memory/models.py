@@ -9,6 +9,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 __all__ = [
     "ApiTokenRow",
+    "AuditRow",
     "Base",
     "ConversationRow",
     "DaySummaryRow",
@@ -200,3 +201,26 @@ class DaySummaryRow(Base):
     received_at: Mapped[float] = mapped_column(Float)
 
     __table_args__ = (Index("ix_day_summaries_uid_created_at", "uid", "created_at"),)
+
+
+class AuditRow(Base):
+    """One audited access: who (``uid``) did what (``action``) to which conversation, when, how and from where.
+
+    ``route`` is the route template (``GET /v1/conversations/{conversation_id}``), the MCP tool
+    (``mcp:search_memory``), ``ws:/v4/listen`` or ``cli:audit``; ``client`` the remote address;
+    ``status`` the HTTP status, or the WebSocket close code. Never what was said or searched for.
+    Append-only: database triggers refuse UPDATE and DELETE (migration 0008).
+    """
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[float] = mapped_column(Float)
+    uid: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(16))
+    conversation_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    route: Mapped[str] = mapped_column(String(128))
+    client: Mapped[str] = mapped_column(String(64))
+    status: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (Index("ix_audit_log_uid_at", "uid", "at"), Index("ix_audit_log_at", "at"))

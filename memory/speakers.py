@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
@@ -256,6 +256,12 @@ class SpeakerStore:
             await session.delete(await self._row(session, uid, profile_id))
 
         await self._write(work)
+
+    async def delete_all(self, uid: str) -> int:
+        """Delete every profile of the user (their data is erased); how many there were."""
+        async with self._sessions() as session, session.begin():
+            result: Any = await session.execute(delete(SpeakerProfileRow).where(SpeakerProfileRow.uid == uid))
+            return int(result.rowcount or 0)
 
     async def absorb(
         self, uid: str, profile_id: str, embedding: NDArray[np.float32] | tuple[float, ...], seconds: float

@@ -331,9 +331,17 @@ class ConversationStore:
             return [_from_row(r) for r in result.scalars().all()]
 
     async def keys(
-        self, *, uid: str | None = None, since: float | None = None, include_in_progress: bool = True
+        self,
+        *,
+        uid: str | None = None,
+        since: float | None = None,
+        before: float | None = None,
+        include_in_progress: bool = True,
     ) -> list[tuple[str, str, int]]:
-        """``(uid, id, segment count)`` of stored conversations, oldest first, optionally filtered."""
+        """``(uid, id, segment count)`` of stored conversations, oldest first, optionally filtered.
+
+        ``since`` keeps those that finished at or after it, ``before`` those that finished before it.
+        """
         query = (
             select(ConversationRow.uid, ConversationRow.id, func.count(SegmentRow.id))
             .outerjoin(SegmentRow, SegmentRow.conversation_id == ConversationRow.id)
@@ -344,6 +352,8 @@ class ConversationStore:
             query = query.where(ConversationRow.uid == uid)
         if since is not None:
             query = query.where(ConversationRow.finished_at >= since)
+        if before is not None:
+            query = query.where(ConversationRow.finished_at < before)
         if not include_in_progress:
             query = query.where(ConversationRow.status == "completed")
         async with self._session() as session:
@@ -359,8 +369,10 @@ class ConversationStore:
                 .limit(1)
             )
 
-    async def delete(self, uid: str, conversation_id: str) -> None:
+    async def delete(self, uid: str, conversation_id: str) -> list[int]:
         """Delete one of the user's conversations and its segments.
+
+        Returns the ids of the outbox records that carry the deletion to the sinks (one per sink).
 
         Raises:
             NotFoundError: no such conversation for ``uid``.
@@ -369,10 +381,13 @@ class ConversationStore:
             row = await _owned(session, uid, conversation_id)
             turn_ids = [s.id for s in row.segments]
             await session.delete(row)  # segments go with it (ORM cascade)
-            enqueue(
+            rows = enqueue(
                 session, uid=uid, sinks=self.sinks, action="deleted", conversation_id=conversation_id, turn_ids=turn_ids
             )
+            await session.flush()
+            ids = [r.id for r in rows]
         self._queued()
+        return ids
 
     def _queued(self) -> None:
         if self.sinks and self.on_enqueue is not None:

@@ -11,9 +11,10 @@ import hashlib
 import secrets
 import time
 import uuid
+from typing import Any
 
 import msgspec
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from memory.errors import NotFoundError
@@ -100,6 +101,12 @@ class TokenStore:
             if row.revoked_at is None:
                 row.revoked_at = time.time()
             return _listed(row)
+
+    async def delete_all(self, uid: str) -> int:
+        """Delete every token of the user, revoked or not (their data is erased); how many there were."""
+        async with self._sessions() as session, session.begin():
+            result: Any = await session.execute(delete(ApiTokenRow).where(ApiTokenRow.uid == uid))
+            return int(result.rowcount or 0)
 
     async def resolve(self, token: str) -> str | None:
         """The uid of a valid, unrevoked token, or None."""

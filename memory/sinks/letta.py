@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from memory.outbox import OutboxRecord
     from memory.store import Conversation, ConversationStore
 
-__all__ = ["MCP_SERVER_NAME", "RECENT_BLOCK", "TOOLS_UID", "AgentSpec", "LettaSink"]
+__all__ = ["AGENT_TOKEN_NAME", "MCP_SERVER_NAME", "RECENT_BLOCK", "TOOLS_UID", "AgentSpec", "LettaSink"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,7 @@ MCP_SERVER_NAME = "omi-letta"
 LLM_PROVIDER = "omi-letta-llm"
 MCP_TOOLS = ("search_memory", "get_conversation", "list_conversations", "who_said")
 TOOLS_UID = "omi-letta:letta-tools"  # a user with no memory: Letta lists our MCP tools as them
+AGENT_TOKEN_NAME = "Letta agent (memory tools)"  # the name of the API token an agent's memory tools use
 RECENT_BLOCK_CHARS = 6000
 BATCH = 100  # passages per insert request
 WATCH_EVERY_S = 3.0  # how often watched groups are looked up again
@@ -243,6 +244,8 @@ class LettaSink(Sink):
         async with self._agent_locks[agent]:
             if states:
                 await self.sync_many(agent, uid, states)
+                if any(c is not None for c in states.values()):
+                    await self._keep_tools_token(agent, uid)
             for cid in deleted:
                 await self._sweep(agent, cid)
             if closed or deleted:
@@ -389,7 +392,7 @@ class LettaSink(Sink):
 
     async def _memory_secrets(self, uid: str) -> dict[str, str]:
         """What the tools need: this service's URL and a new API token of ``uid``."""
-        token, _ = await self._tokens.create(uid, "Letta agent (memory tools)")
+        token, _ = await self._tokens.create(uid, AGENT_TOKEN_NAME)
         return {SECRET_URL: self.spec.service_url, SECRET_TOKEN: token}
 
     async def _give_memory_tools(self, agent: str, uid: str, tools: list[str]) -> None:
@@ -399,6 +402,17 @@ class LettaSink(Sink):
             for tool in tools:
                 await self.client.agents.tools.attach(tool, agent_id=agent)
         log.info("gave Letta agent %s of uid %s the memory tools", agent, uid)
+
+    async def _keep_tools_token(self, agent: str, uid: str) -> None:
+        """Give the agent new secrets if the API token of its memory tools is gone: the user's data was
+        erased (``DELETE /v1/users/me/data``), or the token revoked. Not for a configured agent, which
+        several users may share."""
+        if self._configured.get(uid) or self._configured.get("*"):
+            return
+        tools = await self.memory_tool_ids()
+        if not tools or any(t.name == AGENT_TOKEN_NAME and t.revoked_at is None for t in await self._tokens.list(uid)):
+            return
+        await self._give_memory_tools(agent, uid, tools)
 
     def message_lock(self, agent: str) -> asyncio.Lock:
         """Held while a message to ``agent`` runs: Letta leaves concurrent messages to one agent undefined."""

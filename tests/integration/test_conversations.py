@@ -82,9 +82,11 @@ async def test_finalized_segments_survive_a_crash_and_close_after_restart(
     first = ServerProcess(tmp_path / "state", env=FAST).start()
     try:
         # uid "keep" asks for 120 s, uid "lapse" for 2 s: after the crash one resumes, one closes.
-        keep = await simulate(path, first.ws, token=token("keep"), speed=4, settle_s=1.0)
+        # The clients wait for the last segment (a loaded machine transcribes it late), so that
+        # what they saw is what was stored.
+        keep = await simulate(path, first.ws, token=token("keep"), speed=4, settle_s=5.0)
         lapse = await simulate(
-            path, first.ws, token=token("lapse"), speed=4, settle_s=1.0, extra_params={"conversation_timeout": 2}
+            path, first.ws, token=token("lapse"), speed=4, settle_s=5.0, extra_params={"conversation_timeout": 2}
         )
         assert keep.segments and lapse.segments
         before = _only_conversation(first, "keep")
