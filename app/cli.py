@@ -18,6 +18,7 @@ from app import __version__
 from app.settings import Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:
+    from memory.delivery import Deliverer
     from memory.speakers import SpeakerStore
 
 __all__ = ["main"]
@@ -622,7 +623,6 @@ def msgspec_builtins(value: Any) -> Any:
 
 
 def _backfill(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
 
     from app.services import delivery_for
     from ingest.metrics import Metrics
@@ -657,14 +657,7 @@ def _backfill(args: argparse.Namespace) -> int:
             print(f"{len(keys)} conversation(s), {turns} turn(s) queued for {', '.join(sinks)}; {who}", file=sys.stderr)
             if here:
                 deliverer.start()
-            with tqdm(total=len(ids), unit="record", file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
-
-                def show(state: dict[str, int]) -> None:
-                    bar.n = state["done"] + state["dead"]
-                    bar.set_postfix(failing=state["failing"], dead=state["dead"])
-                    bar.refresh()
-
-                state = await deliverer.drain(ids, progress=show)
+            state = await _drain_with_progress(deliverer, ids)
             elapsed = time.monotonic() - started
             print(
                 f"delivered {state['done']} of {len(ids)} record(s) ({turns} turns) in {elapsed:.1f} s "
@@ -689,9 +682,22 @@ def _backfill(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+async def _drain_with_progress(deliverer: Deliverer, ids: list[int]) -> dict[str, int]:
+    """Wait until outbox records ``ids`` are delivered or dead, with a progress bar on a terminal."""
+    from tqdm import tqdm
+
+    with tqdm(total=len(ids), unit="record", file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
+
+        def show(now: dict[str, int]) -> None:
+            bar.n = now["done"] + now["dead"]
+            bar.set_postfix(failing=now["failing"], dead=now["dead"])
+            bar.refresh()
+
+        return await deliverer.drain(ids, progress=show)
+
+
 def _forget(args: argparse.Namespace) -> int:
     """``erase --uid U`` and ``purge``: delete through the outbox, then wait for the sinks."""
-    from tqdm import tqdm
 
     from app.retention import Retention
     from app.services import delivery_for
@@ -759,14 +765,7 @@ def _forget(args: argparse.Namespace) -> int:
                 if here:
                     deliverer.start()
                 started = time.monotonic()
-                with tqdm(total=len(ids), unit="record", file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
-
-                    def show(now: dict[str, int]) -> None:
-                        bar.n = now["done"] + now["dead"]
-                        bar.set_postfix(failing=now["failing"], dead=now["dead"])
-                        bar.refresh()
-
-                    state = await deliverer.drain(ids, progress=show)
+                state = await _drain_with_progress(deliverer, ids)
                 print(
                     f"delivered {state['done']} of {len(ids)} deletion(s) in {time.monotonic() - started:.1f} s",
                     file=sys.stderr,
