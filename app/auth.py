@@ -7,7 +7,7 @@ import logging
 
 from app.settings import AuthSettings
 
-__all__ = ["DEV_UID", "AuthError", "resolve_uid"]
+__all__ = ["DEV_UID", "AuthError", "check_operator", "resolve_uid"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,28 @@ def resolve_uid(authorization: str | None, settings: AuthSettings) -> str:
     if settings.local_development:
         return _dev_uid()
     raise AuthError("Invalid authorization token")
+
+
+def check_operator(authorization: str | None, settings: AuthSettings) -> None:
+    """Let the service's operator through: ``Bearer <ADMIN_KEY>`` or ``Bearer <METRICS_TOKEN>``, nothing else.
+
+    Both are compared whole and in constant time. A user's token (``<ADMIN_KEY><uid>``, an API token,
+    a Firebase ID token) does not qualify. Under LOCAL_DEVELOPMENT anyone passes, with a warning.
+
+    Raises:
+        AuthError: no header, or a token that is neither secret.
+    """
+    if settings.local_development:
+        log.warning("LOCAL_DEVELOPMENT=true: serving an operator route without a token")
+        return
+    if not authorization:
+        raise AuthError("Authorization header not found")
+    token = authorization.split(" ")[-1].encode()
+    secrets = [s.encode() for s in (settings.admin_key, settings.metrics_token) if s]
+    # Every secret is compared, so the time taken does not tell which one was close.
+    matches = [hmac.compare_digest(token, secret) for secret in secrets]
+    if not any(matches):
+        raise AuthError("Invalid authorization token; this route takes ADMIN_KEY or METRICS_TOKEN")
 
 
 def _dev_uid() -> str:

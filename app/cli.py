@@ -174,6 +174,51 @@ def _parser() -> argparse.ArgumentParser:
     audit_format.add_argument("--json", action="store_true", help="print the entries as JSON to stdout")
     audit_format.add_argument("--csv", action="store_true", help="print the entries as CSV (times in ISO 8601)")
 
+    backup = commands.add_parser(
+        "backup",
+        help="write one archive of the database, the memory index and the encryption keys (safe while serving)",
+        description="Write one .tar.gz of DATA_DIR's state: the SQLite database and the local memory index, each "
+        "copied as one consistent snapshot while `omi-letta serve` goes on writing, the encryption key file "
+        "(DATA_DIR/keys) and the other small state files, with a manifest of checksums. The local Letta "
+        "server's data (DATA_DIR/letta) and model caches are not in it: `omi-letta backfill` refills Letta "
+        "after a restore. THE KEYS ARE INCLUDED BY DEFAULT: such an archive decrypts the data by itself, so "
+        "keep it as safe as the data, or give --no-keys and keep the key apart. With a PostgreSQL "
+        "DATABASE_URL, back the database up with pg_dump.",
+    )
+    backup.add_argument(
+        "path",
+        nargs="?",
+        type=Path,
+        metavar="PATH",
+        help="the archive to write, or a folder for it (default: ./omi-letta-backup-<UTC time>.tar.gz)",
+    )
+    backup.add_argument(
+        "--no-keys",
+        action="store_true",
+        help="leave the encryption key file out; the archive is then unreadable without the key kept elsewhere",
+    )
+    backup.add_argument(
+        "--skip-database",
+        action="store_true",
+        help="leave the database out: for a PostgreSQL DATABASE_URL, whose data `pg_dump` backs up",
+    )
+    backup.add_argument("--json", action="store_true", help="print the manifest as JSON to stdout")
+
+    restore = commands.add_parser(
+        "restore",
+        help="restore an `omi-letta backup` archive into an empty DATA_DIR",
+        description="Check every file of ARCHIVE against its manifest before writing anything, then write the "
+        "database, the memory index, the keys and the state files into DATA_DIR (each written beside its place "
+        "and renamed there), and migrate the database to this version's schema. A DATA_DIR that holds a "
+        "database is refused unless --force; stop `omi-letta serve` first. The local Letta server's data is "
+        "not in backups: `omi-letta backfill` delivers every conversation to Letta again, idempotently.",
+    )
+    restore.add_argument("archive", type=Path, metavar="ARCHIVE", help="an archive written by `omi-letta backup`")
+    restore.add_argument(
+        "--force", action="store_true", help="replace the database and the files the archive holds if they exist"
+    )
+    restore.add_argument("--json", action="store_true", help="print what was restored as JSON to stdout")
+
     chat = commands.add_parser(
         "chat",
         help="ask your agent about your past conversations (a terminal chat)",
@@ -187,6 +232,37 @@ def _parser() -> argparse.ArgumentParser:
     )
     chat.add_argument("-m", "--message", help="ask this one question, print the answer and exit")
     chat.add_argument("-v", "--verbose", action="store_true", help="also show the agent's reasoning and tool results")
+
+    rotate = commands.add_parser(
+        "rotate-key",
+        help="re-encrypt the stored data under a new encryption key, then drop the old key",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+Re-encrypt everything kept encrypted at rest (transcript text, summaries and voice profiles in
+the database; the text and vectors of the local memory index) under a new key, in batches with
+a progress bar, then drop the old key once nothing uses it. Values stored before encryption
+existed are encrypted too. The SQLite files are compacted at the end (VACUUM), so no earlier
+copy of a value stays in their free pages; with PostgreSQL, run VACUUM FULL for that.
+
+Stop `omi-letta serve` (and other omi-letta commands) first: this refuses to run while a service
+holds DATA_DIR/delivery.lock. A service on another machine sharing a PostgreSQL DATABASE_URL
+cannot be seen from here: stop it by hand.
+
+With the key file (ENCRYPTION_KEY_FILE, default DATA_DIR/keys/omi-letta.key) one run does it
+all: the new key is written into the file beside the old one before any value uses it, and the
+old one is removed at the end. If it is interrupted, run it again.
+
+With ENCRYPTION_KEY from the environment it takes two runs. The first only prints a new
+ENCRYPTION_KEY, and ENCRYPTION_OLD_KEYS holding the current key; set both (a restarted service
+reads old values through ENCRYPTION_OLD_KEYS). The second run, with both set, re-encrypts under
+the new key and says when ENCRYPTION_OLD_KEYS can be removed.""",
+    )
+    rotate.add_argument(
+        "--no-new-key",
+        action="store_true",
+        help="re-encrypt under the current key instead of a new one: encrypts data stored before encryption "
+        "existed, or finishes an interrupted rotation",
+    )
 
     doctor = commands.add_parser(
         "doctor",
@@ -211,6 +287,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="S",
         help="after the file, close once no segment has arrived for S seconds (default: 3)",
     )
+    sim.add_argument(
+        "--reconnect",
+        type=int,
+        default=0,
+        metavar="N",
+        help="reopen a lost stream up to N times in a row, as the OMI app does (after 1 s, then 1.5 times "
+        "longer each try), and send the rest of the file (default: 0, the first loss is an error; the app: 8)",
+    )
     sim.add_argument("--json", action="store_true", help="print the final segment list as JSON to stdout")
 
     local = commands.add_parser(
@@ -231,10 +315,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+_READS_STORED_DATA = frozenset(
+    {"enroll", "speakers", "search", "outbox", "backfill", "erase", "purge", "token", "audit"}
+)
+"""Commands that read or write stored data themselves: they load the encryption key first (serve and ingest
+load it in ``Services.start``)."""
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script."""
     args = _parser().parse_args(argv)
     try:
+        if args.command in _READS_STORED_DATA:
+            _unlock(load_settings())
         if args.command == "serve":
             return _serve(args)
         if args.command == "ingest":
@@ -257,6 +350,12 @@ def main(argv: list[str] | None = None) -> int:
             return _token(args)
         if args.command == "audit":
             return _audit(args)
+        if args.command == "rotate-key":
+            return _rotate_key(args)
+        if args.command == "backup":
+            return _backup(args)
+        if args.command == "restore":
+            return _restore(args)
         if args.command == "chat":
             return _chat(args)
         if args.command == "doctor":
@@ -308,12 +407,15 @@ def _serve(args: argparse.Namespace) -> int:
     settings = replace(settings, server=server)  # the port also tells Letta where our embeddings are
     configure_logging(settings.server.log_level)
     check_can_serve(settings)  # fail before binding the port
+    _unlock(settings)  # a key that does not fit the data, too
     uvicorn.run(
         create_app(settings),
         host=server.host,
         port=server.port,
         log_level=settings.server.log_level.lower(),
-        ws_max_size=1 << 20,
+        # /v4/listen closes with 1009 and a reason over WS_MAX_FRAME_BYTES; the protocol layer refuses
+        # (also with 1009) what is far over it before reading it in.
+        ws_max_size=2 * settings.stream.max_frame_bytes,
         # Open streams (a device's, a web page's) get this long to finish before shutdown goes on.
         timeout_graceful_shutdown=10,
     )
@@ -543,7 +645,9 @@ def _search(args: argparse.Namespace) -> int:
         return 2
 
     async def run() -> list[dict[str, Any]]:
-        search = open_search(settings.embeddings, settings.vector_index, settings.server.data_dir)
+        search = open_search(
+            settings.embeddings, settings.vector_index, settings.server.data_dir, settings.database_url
+        )
         try:
             hits = await search.search(
                 args.uid,
@@ -639,7 +743,9 @@ def _backfill(args: argparse.Namespace) -> int:
 
     async def run() -> int:
         store = await ConversationStore.open(settings.database_url, sinks=sinks)
-        search = open_search(settings.embeddings, settings.vector_index, settings.server.data_dir)
+        search = open_search(
+            settings.embeddings, settings.vector_index, settings.server.data_dir, settings.database_url
+        )
         outbox, deliverer = delivery_for(settings, store, search, Metrics(), sinks=sinks)
         lock = DeliveryLock(settings.server.data_dir)
         here = lock.acquire()
@@ -721,7 +827,9 @@ def _forget(args: argparse.Namespace) -> int:
 
     async def run() -> int:
         store = await ConversationStore.open(settings.database_url, sinks=settings.sinks)
-        search = open_search(settings.embeddings, settings.vector_index, settings.server.data_dir)
+        search = open_search(
+            settings.embeddings, settings.vector_index, settings.server.data_dir, settings.database_url
+        )
         outbox, deliverer = delivery_for(settings, store, search, Metrics())
         lock = DeliveryLock(settings.server.data_dir)
         here = lock.acquire()
@@ -884,6 +992,198 @@ def _audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _progress_bar() -> tuple[Any, Callable[[str, int, int], None]]:
+    """A tqdm bar in bytes on a terminal, and the :data:`app.backup.Hook` that moves it."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, unit="B", unit_scale=True, file=sys.stderr, disable=not sys.stderr.isatty())
+
+    def hook(name: str, done: int, total: int) -> None:
+        bar.total = total
+        bar.set_description(name, refresh=False)
+        bar.n = done
+        bar.refresh()
+
+    return bar, hook
+
+
+def _backup(args: argparse.Namespace) -> int:
+    from app.backup import BackupError, create_backup, default_archive_name
+
+    settings = load_settings(enforce_privacy=False)  # it sends nothing anywhere
+    dest = args.path or Path(default_archive_name())
+    if dest.is_dir():
+        dest = dest / default_archive_name()
+    bar, hook = _progress_bar()
+    try:
+        with bar:
+            report = create_backup(settings, dest, keys=not args.no_keys, database=not args.skip_database, hook=hook)
+    except BackupError as exc:
+        print(f"omi-letta backup: {exc.detail}", file=sys.stderr)
+        return 1
+    manifest = report.manifest
+    if args.json:
+        _print_json(json.loads(manifest.to_json()))
+    size = report.path.stat().st_size
+    print(
+        f"backed up {len(manifest.files)} file(s) to {report.path} ({size / 1e6:.1f} MB; schema "
+        f"{manifest.alembic_revision or '-'})",
+        file=sys.stderr,
+    )
+    keys = [f.name for f in manifest.files if f.kind == "key"]
+    if keys:
+        print(
+            f"WARNING: the archive holds the encryption key ({', '.join(keys)}): whoever has it can read every "
+            "conversation. Keep it as safe as the data, or back up with --no-keys and keep the key apart.",
+            file=sys.stderr,
+        )
+    for left in report.keys_left_out:
+        print(
+            f"the encryption key {left} is not in the archive (--no-keys): keep it apart; without it the archive "
+            "cannot be read",
+            file=sys.stderr,
+        )
+    if report.key_from_env:
+        print(
+            "the encryption key comes from ENCRYPTION_KEY and is not in the archive: keep it apart; without it the "
+            "archive cannot be read",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _restore(args: argparse.Namespace) -> int:
+    from app.backup import BackupError, restore_backup
+
+    settings = load_settings(enforce_privacy=False)  # it sends nothing anywhere
+    bar, hook = _progress_bar()
+    try:
+        with bar:
+            report = restore_backup(settings, args.archive, force=args.force, hook=hook)
+    except BackupError as exc:
+        print(f"omi-letta restore: {exc.detail}", file=sys.stderr)
+        return 1
+    manifest = report.manifest
+    if args.json:
+        _print_json(
+            {
+                "archive": str(args.archive),
+                "created_at": manifest.created_at,
+                "service_version": manifest.service_version,
+                "alembic_revision": manifest.alembic_revision,
+                "revision": report.revision,
+                "files": [str(p) for p in report.written],
+            }
+        )
+    print(
+        f"restored {len(report.written)} file(s) into {settings.server.data_dir} from a backup of "
+        f"{manifest.created_at} (omi-letta {manifest.service_version}, schema {manifest.alembic_revision or '-'}"
+        f"{f', now {report.revision}' if report.revision != manifest.alembic_revision else ''})",
+        file=sys.stderr,
+    )
+    if not manifest.has_database:
+        print("the archive holds no database (made with --skip-database): restore it with pg_restore", file=sys.stderr)
+    if report.key_problem is not None:
+        print(f"WARNING: {report.key_problem}", file=sys.stderr)
+    if report.key_missing is not None:
+        print(
+            f"the archive holds no encryption key and there is none at {report.key_missing}: put the key file "
+            "back there, or set ENCRYPTION_KEY, before `omi-letta serve`; the data cannot be read without it",
+            file=sys.stderr,
+        )
+    print(
+        "Letta: the local Letta server's data is not in backups. Once Letta runs, `omi-letta backfill` delivers "
+        "every conversation to it again; delivery is idempotent, so what the agent holds is left alone.",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _unlock(settings: Settings) -> None:
+    """Open the database and load the encryption key that fits it (:func:`app.keys.unlock`).
+
+    Raises:
+        SettingsError: the key does not fit the stored data, or is missing.
+    """
+    from app.keys import unlock
+    from memory.store import ConversationStore
+
+    async def run() -> None:
+        store = await ConversationStore.open(settings.database_url)
+        try:
+            await unlock(settings, store.engine)
+        finally:
+            await store.close()
+
+    asyncio.run(run())
+
+
+def _rotate_key(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from app.keys import unlock, write_key_file
+    from memory.crypto import Keyring, encode_key, install
+    from memory.delivery import DeliveryLock
+    from memory.rekey import census, compact, count_rows, rotate
+    from memory.store import ConversationStore
+
+    settings = load_settings()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    name = "omi-letta rotate-key"
+    from_env = bool(settings.encryption.key)
+    key_file = settings.encryption_key_file
+    index_dir = settings.server.data_dir / "index"
+    lock = DeliveryLock(settings.server.data_dir)
+
+    async def run() -> int:
+        store = await ConversationStore.open(settings.database_url)
+        try:
+            keyring = await unlock(settings, store.engine)  # the keys in use all open what is stored
+            if from_env and not args.no_new_key and not settings.encryption.old_key_list:
+                print(f"ENCRYPTION_KEY={encode_key(Keyring.new_key())}")
+                print(f"ENCRYPTION_OLD_KEYS={','.join(encode_key(k) for k in keyring.by_id().values())}")
+                print(
+                    f"{name}: nothing is re-encrypted yet. Keep the new ENCRYPTION_KEY safe, set both variables "
+                    "above, stop the service and run `omi-letta rotate-key` again with them set.",
+                    file=sys.stderr,
+                )
+                return 0
+            if not lock.acquire():
+                print(
+                    f"{name}: a running `omi-letta serve` uses {settings.server.data_dir} (it holds {lock.path}); "
+                    "stop it first",
+                    file=sys.stderr,
+                )
+                return 1
+            if not from_env and not args.no_new_key:
+                keyring = Keyring(Keyring.new_key(), keyring.by_id().values())
+                write_key_file(key_file, keyring)  # before any value uses the new key
+                print(f"new key {keyring.current_id} added to {key_file}", file=sys.stderr)
+            install(keyring)
+            total = await count_rows(store.engine, index_dir)
+            with tqdm(total=total, unit="row", file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
+                rewritten = await rotate(store.engine, index_dir, progress=bar.update)
+            found = await census(store.engine, index_dir)
+            left = {place: n for place, used in found.items() if (n := sum(used.values()) - used[keyring.current_id])}
+            if left:
+                print(f"{name}: values still not under key {keyring.current_id}: {left}; run it again", file=sys.stderr)
+                return 1
+            await compact(store.engine, index_dir)  # no old copy stays in the files' free pages
+            print(f"re-encrypted {rewritten} value(s) of {total} row(s); everything uses key {keyring.current_id}")
+            dropped = [kid for kid in keyring.ids if kid != keyring.current_id]
+            if dropped and not from_env:
+                write_key_file(key_file, Keyring(keyring.current))
+                print(f"dropped the old key(s) {', '.join(dropped)} from {key_file}")
+            if settings.encryption.old_key_list:
+                print("nothing uses the keys of ENCRYPTION_OLD_KEYS any more: remove it")
+            return 0
+        finally:
+            lock.release()
+            await store.close()
+
+    return asyncio.run(run())
+
+
 def _letta_local(args: argparse.Namespace) -> int:
     from app.letta_local import run_forever
 
@@ -898,7 +1198,7 @@ def _letta_local(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from app.simulate import SimulatorError, print_live, simulate
+    from app.simulate import Reconnect, SimulatorError, print_live, simulate
 
     if not args.file.is_file():
         print(f"omi-letta simulate: no such file: {args.file}", file=sys.stderr)
@@ -915,6 +1215,7 @@ def _simulate(args: argparse.Namespace) -> int:
                 settle_s=args.settle,
                 language=args.language,
                 on_segments=lambda segs: print_live(segs, live),
+                reconnect=Reconnect(attempts=args.reconnect) if args.reconnect > 0 else None,
             )
         )
     except SimulatorError as exc:

@@ -14,6 +14,7 @@ from litestar.openapi import OpenAPIConfig
 from app import __version__
 from app.audit import audit_response
 from app.chat import ChatController
+from app.limits import limit_body
 from app.mcp import MemoryMcp
 from app.page import API_DOCS, api_docs, page, page_asset
 from app.routes import (
@@ -30,13 +31,15 @@ from app.routes import (
     not_found,
     provide_services,
     provide_uid,
+    storage_full,
     too_large,
 )
+from app.security import cors_config, security_headers
 from app.services import Services, check_can_serve
 from app.settings import Settings, get_settings
 from app.webhooks import OmiWebhookController
 from app.ws import listen
-from memory.errors import ConflictError, EmbeddingError, NotFoundError, VectorIndexError
+from memory.errors import ConflictError, EmbeddingError, NotFoundError, StorageFullError, VectorIndexError
 
 if TYPE_CHECKING:
     from litestar.types import Receive, Scope, Send
@@ -92,10 +95,13 @@ def create_app(
         finally:
             await services.stop()
 
+    # A mounted app reads its own body: the limit of every other route is applied here.
+    mcp_app = limit_body(memory_mcp, settings.server.max_body_bytes)  # type: ignore[arg-type]
+
     @asgi("/mcp", is_mount=True)
     async def mcp(scope: Scope, receive: Receive, send: Send) -> None:
         """MCP (streamable HTTP): the memory's tools, scoped to the bearer token's user."""
-        await memory_mcp(scope, receive, send)  # type: ignore[arg-type]
+        await mcp_app(scope, receive, send)
 
     return Litestar(
         route_handlers=[
@@ -120,12 +126,16 @@ def create_app(
             "uid": Provide(provide_uid),
         },
         lifespan=[lifespan],
-        before_send=[audit_response],  # sees every response's status, those made from exceptions too
+        # Both see every response, those made from exceptions and by mounted apps too.
+        before_send=[audit_response, security_headers(settings.server)],
+        cors_config=cors_config(settings.server),
+        request_max_body_size=settings.server.max_body_bytes,
         exception_handlers={
             NotFoundError: not_found,
             ConflictError: conflict,
             EmbeddingError: memory_unavailable,
             VectorIndexError: memory_unavailable,
+            StorageFullError: storage_full,
             413: too_large,
         },
         openapi_config=OpenAPIConfig(

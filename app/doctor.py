@@ -54,6 +54,19 @@ async def _database(url: str) -> Check:
     return Check(True, "connected")
 
 
+async def _redis(url: str) -> Check:
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(url, socket_connect_timeout=TIMEOUT_S, socket_timeout=TIMEOUT_S)
+    try:
+        await client.ping()
+    except Exception as exc:  # connection, auth and TLS errors each have their own class
+        return Check(False, f"cannot connect ({type(exc).__name__})")
+    finally:
+        await client.aclose()
+    return Check(True, "connected")
+
+
 async def _check(flow: Flow, settings: Settings) -> Check:
     """Reach the backend of ``flow`` with its credentials."""
     name = flow.backend
@@ -72,6 +85,10 @@ async def _check(flow: Flow, settings: Settings) -> Check:
     if name.startswith("embeddings"):
         key = settings.embeddings.openai_api_key
         return await _http(f"{flow.url.rstrip('/')}/models", {"Authorization": f"Bearer {key}"})
+    if name.startswith("vector index: pgvector"):
+        return await _database(flow.url)
+    if name.startswith("shared state: Redis"):
+        return await _redis(flow.url)
     if name.startswith("vector index"):
         index = settings.vector_index
         headers = {"Api-Key": index.pinecone_api_key}

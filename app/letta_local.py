@@ -13,7 +13,9 @@ When we run as root, PostgreSQL runs as the ``postgres`` user. If that user cann
 (``~postgres/omi-letta/<hash of ROOT>``), with a copy of the binaries.
 
 Every step is idempotent: a second start reuses the environment, the database and the schema.
-Nothing is sent anywhere: Sentry, OpenTelemetry and Datadog stay unset for the server.
+Nothing is sent anywhere: Sentry, OpenTelemetry and Datadog stay unset for the server, ONNX
+Runtime's telemetry is off, and the server does not ask NLTK's index for ``punkt_tab`` at start
+(``scripts/egress_check.py`` runs it in a network namespace with only loopback to show it).
 
 The server guards against MCP servers on private addresses, as a shared cloud server must. This
 one serves a single machine, and the MCP server its agents need is ours on 127.0.0.1, so it starts
@@ -82,6 +84,9 @@ def validate_mcp_server_url(url, *, resolve_hostname=True):
         pass
     return _check(url, resolve_hostname=resolve_hostname)
 url_validation.validate_mcp_server_url = validate_mcp_server_url
+# At every start the server asks NLTK's index on GitHub for `punkt_tab`, which nothing it runs for us uses.
+import nltk
+nltk.download = lambda *args, **kwargs: True
 from letta.main import app
 sys.argv = ["letta", "server", *sys.argv[1:]]
 sys.exit(app())
@@ -326,6 +331,21 @@ class LocalLetta:
         (self.venv / _STAMP).write_text("\n".join(REQUIREMENTS))
         self._progress(f"installed in {time.monotonic() - started:.0f} s")
 
+    def prepare(self) -> None:
+        """Install what is missing, as :meth:`start` would, and start nothing (needs the network the first time).
+
+        Raises:
+            LocalLettaError: installing failed, or another run holds ``root``.
+        """
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self._take_lock()
+        try:
+            self.install()
+        finally:
+            if self._lock is not None:
+                self._lock.close()
+                self._lock = None
+
     # --- PostgreSQL ---------------------------------------------------------------------------
 
     def _postgres_root(self) -> Path:
@@ -457,6 +477,7 @@ class LocalLetta:
             LETTA_DIR=str(home / ".letta"),
             LETTA_PG_URI=self.pg_uri,
             LETTA_TELEMETRY_ENABLE_DATADOG="false",
+            ORT_DISABLE_TELEMETRY="1",  # ONNX Runtime 1.29+ reports usage to Microsoft from Linux too
             PATH=f"{self.venv / 'bin'}{os.pathsep}{env.get('PATH', '')}",
         )
         # No provider key of ours may reach the server: with one it would call that cloud at startup.

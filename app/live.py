@@ -4,7 +4,9 @@ The device's WebSocket session publishes the segments it sends; the conversation
 (a conversation closing, speakers relabelled) are relayed while anyone of that user listens, as
 the device would get them. Each
 subscriber has a bounded queue: one that falls behind is dropped (its stream ends, and the page
-reconnects and reloads), so a slow browser never holds up ingest.
+reconnects and reloads), so a slow browser never holds up ingest. With several workers
+(``REDIS_URL``) events go through a Redis pub/sub bus, so a page sees its user's conversation
+whichever worker ingests or closes it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from memory.redis_state import RedisLiveBus
 
 __all__ = ["LiveEvent", "LiveHub", "Subscription"]
 
@@ -90,19 +95,55 @@ class LiveHub:
         max_queued: events a subscriber may fall behind by before it is dropped.
     """
 
-    def __init__(self, source: EventSource | None = None, *, max_queued: int = 256) -> None:
-        self._source = source
+    def __init__(
+        self, source: EventSource | None = None, *, max_queued: int = 256, bus: RedisLiveBus | None = None
+    ) -> None:
+        self._source = None if bus is not None else source  # with a bus, every worker's events come through it
         self._max_queued = max_queued
         self._subscribers: defaultdict[str, set[Subscription]] = defaultdict(set)
         self._relays: dict[str, Callable[[], None]] = {}
         self.dropped = 0  # subscribers dropped for falling behind
+        self._bus = bus
+        self._outgoing: asyncio.Queue[tuple[str, LiveEvent]] = asyncio.Queue(maxsize=10_000)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        """With a bus: start sending this worker's events to it and delivering everyone's from it."""
+        if self._bus is not None and not self._tasks:
+            self._tasks = [
+                asyncio.create_task(self._bus.run(self._from_bus), name="live-bus-in"),
+                asyncio.create_task(self._send_forever(), name="live-bus-out"),
+            ]
+
+    async def _send_forever(self) -> None:
+        assert self._bus is not None
+        while True:
+            uid, event = await self._outgoing.get()  # one sender keeps each user's events in order
+            await self._bus.publish(uid, event.kind, event.data)
+
+    def _from_bus(self, uid: str, kind: str, data: Any) -> None:
+        self.deliver(uid, LiveEvent(kind, data))
+
+    def forward(self, uid: str, event: Any) -> None:
+        """A conversation event of ``uid`` (from any user's conversation manager) for every worker's listeners."""
+        self.publish(uid, LiveEvent("relabel" if isinstance(event, list) else "conversation", event))
 
     def listeners(self, uid: str) -> int:
         """How many subscribers ``uid`` has."""
         return len(self._subscribers.get(uid, ()))
 
     def publish(self, uid: str, event: LiveEvent) -> None:
-        """Give ``event`` to every subscriber of ``uid``; a subscriber whose queue is full is dropped."""
+        """Give ``event`` to every subscriber of ``uid`` (on every worker, with a bus); never waits."""
+        if self._bus is None:
+            self.deliver(uid, event)
+            return
+        try:
+            self._outgoing.put_nowait((uid, event))
+        except asyncio.QueueFull:
+            log.warning("the live bus is %d events behind; dropped one of uid %s", self._outgoing.maxsize, uid)
+
+    def deliver(self, uid: str, event: LiveEvent) -> None:
+        """Give ``event`` to this worker's subscribers of ``uid``; a subscriber whose queue is full is dropped."""
         subscribers = self._subscribers.get(uid, set())
         for subscriber in list(subscribers):
             if not subscriber.offer(event):
@@ -132,14 +173,15 @@ class LiveHub:
                     unsubscribe()
 
     def close(self) -> None:
-        """End every subscriber's iterator (the service is stopping)."""
+        """End every subscriber's iterator and stop using the bus (the service is stopping)."""
+        for task in self._tasks:
+            task.cancel()
         for subscribers in self._subscribers.values():
             for subscriber in subscribers:
                 subscriber.offer(None)
 
     def _relay(self, uid: str) -> Callable[[Any], Awaitable[None]]:
         async def relay(event: Any) -> None:
-            kind = "relabel" if isinstance(event, list) else "conversation"
-            self.publish(uid, LiveEvent(kind, event))
+            self.forward(uid, event)
 
         return relay

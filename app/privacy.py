@@ -89,8 +89,21 @@ def flows(settings: Settings) -> list[Flow]:
         url = index.pinecone_host or "https://api.pinecone.io"
         url = url if "//" in url else f"https://{url}"
         out.append(_to("vector index: Pinecone", "embeddings, transcript text", url, f"VECTOR_INDEX=pinecone at {url}"))
+    elif index.backend == "pgvector":
+        pg = index.pgvector_url or db
+        host = urlparse(pg).hostname or "localhost"
+        shown = f"VECTOR_INDEX=pgvector at …@{host}"
+        flow = _to("vector index: pgvector", "embeddings, transcript text", f"postgresql://{host}", shown)
+        out.append(Flow(flow.backend, flow.data, host_of(pg), shown, pg, flow.off_machine))
     else:
         out.append(Flow("vector index: local files", "embeddings, transcript text", here, "VECTOR_INDEX=local"))
+    if settings.cluster.redis_url:
+        redis_url = settings.cluster.redis_url
+        host = urlparse(redis_url).hostname or "localhost"
+        shown = f"REDIS_URL=…@{host}" if "@" in redis_url else f"REDIS_URL={redis_url}"
+        data = "live transcript and speaker voices (encrypted), which user streams where"
+        flow = _to("shared state: Redis", data, f"redis://{host}", shown)
+        out.append(Flow(flow.backend, flow.data, host_of(redis_url), shown, redis_url, flow.off_machine))
     letta = settings.letta
     if not letta.delivery:
         return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import re
 import tempfile
 from pathlib import Path
@@ -18,8 +19,9 @@ from litestar.params import Body, Parameter
 from litestar.response import Response, ServerSentEvent, ServerSentEventMessage
 
 from app.audit import note_uid
-from app.auth import AuthError, resolve_uid
+from app.auth import AuthError, check_operator, resolve_uid
 from app.firebase import looks_like_jwt
+from app.limits import describe_size
 from app.live import LiveHub
 from app.services import Services
 from ingest.errors import DecodeError, NotEnoughSpeechError, UnsupportedAudioError
@@ -47,7 +49,10 @@ __all__ = [
     "metrics",
 ]
 
+log = logging.getLogger(__name__)
+
 MAX_ENROLL_UPLOAD_BYTES = 50 * 1024 * 1024
+MAX_OFFSET = 2**31 - 1  # far past any list; a larger one would not fit the database's integer
 
 
 def provide_services(request: Request[Any, Any, Any]) -> Services:
@@ -102,8 +107,15 @@ async def health(services: Services) -> dict[str, Any]:
 
 
 @get("/metrics", tags=["service"], summary="Prometheus metrics", media_type="text/plain")
-async def metrics(services: Services) -> str:
-    """Counters and latency quantiles in the Prometheus text format."""
+async def metrics(request: Request[Any, Any, Any], services: Services) -> str:
+    """Counters and latency quantiles in the Prometheus text format.
+
+    The bearer token must be ``ADMIN_KEY`` or ``METRICS_TOKEN`` itself (not a user's token); 401 otherwise.
+    """
+    try:
+        check_operator(request.headers.get("authorization"), services.settings.auth)
+    except AuthError as exc:
+        raise NotAuthorizedException(detail=str(exc)) from exc
     return services.metrics.render()
 
 
@@ -168,7 +180,7 @@ class ConversationController(Controller):
         services: Services,
         uid: str,
         limit: Annotated[int, Parameter(ge=1, le=200)] = 25,
-        offset: Annotated[int, Parameter(ge=0)] = 0,
+        offset: Annotated[int, Parameter(ge=0, le=MAX_OFFSET)] = 0,
     ) -> dict[str, Any]:
         """A page of the caller's conversations with their segments, and the total count."""
         items, total = await services.store.page(uid, limit=limit, offset=offset)
@@ -302,11 +314,25 @@ def _embed_upload(content: bytes, suffix: str, voices: EmbeddedDiarizer) -> tupl
     return voice_embedding(audio, diarizer=voices)
 
 
+def bad_form_text(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    """400 for a multipart form field that is not text in the charset it names (UTF-8 unless it names one).
+
+    Litestar decodes the fields before the handler runs and lets the decoding error through, which
+    would be a 500. Any other ``LookupError`` (a ``KeyError``, say) is ours: a 500, logged.
+    """
+    if isinstance(exc, UnicodeDecodeError) or (type(exc) is LookupError and str(exc).startswith("unknown encoding")):
+        detail = "a form field is not text in the charset it names (UTF-8 unless it names one); give files a filename"
+        return Response({"status_code": 400, "detail": detail}, status_code=400)
+    log.error("%s %s failed", request.method, request.scope.get("path_template", ""), exc_info=exc)
+    return Response({"status_code": 500, "detail": "Internal Server Error"}, status_code=500)
+
+
 class SpeakerController(Controller):
     """The caller's voice profiles: who conversation speakers are recognised as."""
 
     path = "/v1/speakers"
     tags = ["speakers"]
+    exception_handlers = {UnicodeDecodeError: bad_form_text, LookupError: bad_form_text}
 
     @post(
         "/enroll",
@@ -324,7 +350,7 @@ class SpeakerController(Controller):
 
         Name the speaker with ``name``, or send ``me=true`` for the wearer. Enrolling a name that
         exists (in any case), or the wearer again, improves that profile instead of adding one.
-        The upload may be up to 50 MB and 30 minutes long; 400 if it is not audio or has under 2 s
+        The upload may be up to 50 MiB and 30 minutes long; 400 if it is not audio or has under 2 s
         of speech.
         """
         name, is_user = _enroll_target(data)
@@ -391,7 +417,7 @@ def not_found(request: Request[Any, Any, Any], exc: NotFoundError) -> Response[d
 def too_large(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     """413 that says how large a request body this route accepts."""
     limit = request.route_handler.resolve_request_max_body_size()
-    detail = f"the request body is larger than the {limit / 2**20:.0f} MB this route accepts" if limit else str(exc)
+    detail = f"the request body is larger than the {describe_size(limit)} this route accepts" if limit else str(exc)
     return Response({"status_code": 413, "detail": detail}, status_code=413)
 
 
@@ -402,6 +428,7 @@ def conflict(request: Request[Any, Any, Any], exc: ConflictError) -> Response[di
 
 MAX_SEARCH_QUERY_CHARS = 1000
 MAX_EMBEDDING_INPUTS = 2048
+MAX_EMBEDDINGS_BODY_BYTES = 8 * 1024 * 1024  # 2048 texts of 4 KB
 
 
 def _memory(services: Services) -> MemorySearch:
@@ -461,7 +488,12 @@ class EmbeddingsController(Controller):
     path = "/v1/embeddings"
     tags = ["memory"]
 
-    @post("/", summary="Embed texts (OpenAI-compatible)", status_code=200)
+    @post(
+        "/",
+        summary="Embed texts (OpenAI-compatible)",
+        status_code=200,
+        request_max_body_size=MAX_EMBEDDINGS_BODY_BYTES,
+    )
     async def embeddings(self, services: Services, uid: str, data: EmbeddingsRequest) -> dict[str, Any]:
         """``{"data": [{"object": "embedding", "embedding": [...], "index": i}], "model", "usage"}``."""
         texts = [data.input] if isinstance(data.input, str) else data.input
@@ -494,3 +526,9 @@ class EmbeddingsController(Controller):
 def memory_unavailable(request: Request[Any, Any, Any], exc: StorageError) -> Response[dict[str, Any]]:
     """Map an embedding or vector index failure to 503."""
     return Response({"status_code": 503, "detail": exc.detail}, status_code=503)
+
+
+def storage_full(request: Request[Any, Any, Any], exc: StorageError) -> Response[dict[str, Any]]:
+    """Map a full disk to 507 Insufficient Storage: nothing was changed, and retrying helps once space is freed."""
+    log.error("a request could not be stored: %s", exc.detail)
+    return Response({"status_code": 507, "detail": exc.detail}, status_code=507)

@@ -6,8 +6,13 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
+
+from redis.exceptions import RedisError
 
 from app.firebase import FirebaseVerifier
+from app.keys import unlock
+from app.limits import ConnectLimiter, LocalConnectLimiter
 from app.live import LiveHub
 from app.privacy import is_loopback
 from app.retention import Retention
@@ -16,6 +21,7 @@ from ingest.asr import SpeechToText, StreamingSpeechToText, load_asr, load_refin
 from ingest.conversations import ConversationManager, clamp_timeout
 from ingest.diarize import Diarizer, load_diarizer, load_embedded
 from ingest.diarize.embedded import EmbeddedDiarizer
+from ingest.leases import Leases, LocalLeases
 from ingest.metrics import Metrics
 from ingest.refine import KeptSpeech, Refiner, TextRefiner, chain
 from ingest.speakers import LiveSpeakers
@@ -26,11 +32,13 @@ from memory.chat import AgentChat
 from memory.day_summaries import DaySummaryStore
 from memory.delivery import Deliverer, DeliveryLock
 from memory.outbox import Outbox, RetryPolicy
+from memory.redis_state import RedisConnectLimiter, RedisLeases, RedisLiveBus, RedisState
 from memory.search import MemorySearch, open_search
 from memory.sinks import load_sinks
 from memory.sinks.letta import LettaSink
 from memory.speakers import SpeakerStore
 from memory.store import ConversationStore
+from memory.stream_delivery import StreamDeliverer
 from memory.tokens import TokenStore
 
 __all__ = ["Services", "check_can_serve"]
@@ -86,6 +94,9 @@ class Services:
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)  # run first by stop()
     retention: Retention | None = None  # the retention purge (RETENTION_DAYS) and erasing a user's data
     audit: AuditLog | None = None  # who read, searched, changed or deleted what (written in batches)
+    connect_limiter: ConnectLimiter = field(default_factory=lambda: LocalConnectLimiter(0.0))  # new streams per user
+    redis: RedisState | None = None  # state shared with other workers (REDIS_URL)
+    leases: Leases = field(default_factory=LocalLeases)  # which worker owns each user's in-progress conversation
 
     @property
     def voices(self) -> EmbeddedDiarizer:
@@ -104,7 +115,7 @@ class Services:
         queue: bool = True,
         deliver: bool = True,
     ) -> Services:
-        """Load models, migrate and open the database, and start the conversation sweeper.
+        """Load models, migrate and open the database, load its encryption key, and start the conversation sweeper.
 
         With ``queue`` every stored change is queued in the outbox for the configured sinks; with
         ``deliver`` too, this process runs the delivery loops, unless another process (a running
@@ -133,6 +144,8 @@ class Services:
             "stt_refused_total",
             "retention_deleted_conversations_total",
             "erasures_total",
+            "streams_rate_limited_total",
+            "frames_too_large_total",
         ):
             metrics.inc(counter, 0.0)
         metrics.set_gauge("streams_active", 0)
@@ -147,6 +160,11 @@ class Services:
         diarizer = diarizer or load_diarizer(d, vad, voices)
         transcriber = Transcriber(engine, workers=settings.asr.workers, metrics=metrics)
         store = await ConversationStore.open(settings.database_url, sinks=settings.sinks if queue else ())
+        try:
+            await unlock(settings, store.engine)  # the encryption key, before anything reads what is stored
+        except BaseException:
+            await store.close()
+            raise
         speakers = SpeakerStore(store.engine)
         live = (
             LiveSpeakers(
@@ -163,16 +181,21 @@ class Services:
             kept = KeptSpeech()
             refiners.append(TextRefiner(await asyncio.to_thread(load_refine_asr, settings.asr), kept, metrics=metrics))
         refiner = chain(*refiners) if refiners else None
+        redis, leases, hub = await _shared_state(settings, metrics)
         conversations = ConversationManager(
             store,
             sweep_interval_s=settings.conversation.sweep_interval_s,
             refiner=refiner,
             on_forget=(lambda uid: live.forget(uid)) if live else None,
+            leases=leases,
+            on_event=_forwarder(hub) if redis is not None else None,
         )
         await conversations.start()
         stt = f"{streaming.name} (live), {engine.name} (files)" if streaming else engine.name
         log.info("ready: speech-to-text %s, diarizer %s, database %s", stt, diarizer.name, store.dialect)
-        memory = open_search(settings.embeddings, settings.vector_index, settings.server.data_dir)
+        memory = open_search(
+            settings.embeddings, settings.vector_index, settings.server.data_dir, settings.database_url
+        )
         audit = AuditLog(store.engine)
         audit.start()
         services = cls(
@@ -194,10 +217,18 @@ class Services:
                 if (a := settings.auth).firebase_project_id
                 else None
             ),
-            live=LiveHub(conversations.subscribe),
+            live=hub or LiveHub(conversations.subscribe),
             streaming=streaming,
             audit=audit,
+            connect_limiter=(
+                RedisConnectLimiter(redis, settings.stream.connect_interval_s)
+                if redis is not None
+                else LocalConnectLimiter(settings.stream.connect_interval_s)
+            ),
+            redis=redis,
+            leases=leases,
         )
+        services.live.start()
         services.retention = Retention(
             conversations,
             speakers,
@@ -210,7 +241,7 @@ class Services:
             metrics=metrics,
         )
         if queue:
-            services.outbox, services.deliverer = delivery_for(settings, store, memory, metrics)
+            services.outbox, services.deliverer = delivery_for(settings, store, memory, metrics, redis=redis)
             letta = next((s for s in services.deliverer.sinks if isinstance(s, LettaSink)), None)
             if letta is not None:
                 services.chat = AgentChat(letta, timeout_s=settings.llm.chat_timeout_s)
@@ -255,6 +286,8 @@ class Services:
         await self.store.close()
         if self.memory is not None:
             await self.memory.close()
+        if self.redis is not None:
+            await self.redis.close()
 
     def vad_params(self) -> VadParams:
         """Endpointing tunables from the settings."""
@@ -280,11 +313,56 @@ def delivery_for(
     metrics: Metrics,
     *,
     sinks: tuple[str, ...] | None = None,
+    redis: RedisState | None = None,
 ) -> tuple[Outbox, Deliverer]:
-    """The outbox and a (not yet started) deliverer for ``sinks`` (default: the configured ones)."""
+    """The outbox and a (not yet started) deliverer for ``sinks`` (default: the configured ones); with
+    ``redis``, one that shares the work with other workers through Redis Streams."""
     d = settings.delivery
     outbox = Outbox(
         store.engine, RetryPolicy(max_attempts=d.max_attempts, base_delay_s=d.base_delay_s, max_delay_s=d.max_delay_s)
     )
-    deliverer = Deliverer(store, outbox, load_sinks(settings, store, memory, sinks), metrics=metrics, poll_s=d.poll_s)
-    return outbox, deliverer
+    chosen = load_sinks(settings, store, memory, sinks)
+    if redis is not None:
+        c = settings.cluster
+        streams = StreamDeliverer(
+            store,
+            outbox,
+            chosen,
+            metrics=metrics,
+            redis=redis,
+            poll_s=d.poll_s,
+            claim_idle_s=c.claim_idle_s,
+            lock_ttl_s=c.lease_ttl_s,
+        )
+        return outbox, streams
+    return outbox, Deliverer(store, outbox, chosen, metrics=metrics, poll_s=d.poll_s)
+
+
+async def _shared_state(settings: Settings, metrics: Metrics) -> tuple[RedisState | None, Leases, LiveHub | None]:
+    """With REDIS_URL: the Redis connection, leases in it and a live hub on its pub/sub; else local ones."""
+    url = settings.cluster.redis_url
+    if not url:
+        return None, LocalLeases(), None
+    redis = RedisState(url, worker=settings.cluster.worker_id or None)
+    try:
+        await redis.ping()
+    except RedisError as exc:  # an outage must not stop ingest; what needs Redis waits for it
+        redis.failed("starting", exc)
+    log.info("sharing live state through Redis at %s as worker %s", redis.host, redis.worker)
+    if settings.database_url.startswith("sqlite") or settings.vector_index.backend == "local":
+        log.warning(
+            "REDIS_URL is set, but the database or the vector index is this machine's own (SQLite, "
+            "VECTOR_INDEX=local): other workers cannot share them; use a PostgreSQL DATABASE_URL and "
+            "VECTOR_INDEX=pgvector or pinecone"
+        )
+    return redis, RedisLeases(redis, settings.cluster.lease_ttl_s), LiveHub(bus=RedisLiveBus(redis))
+
+
+def _forwarder(hub: LiveHub | None) -> Callable[[str, Any], Awaitable[None]]:
+    """Conversation events of every user, to the live hub's bus."""
+
+    async def forward(uid: str, event: Any) -> None:
+        if hub is not None:
+            hub.forward(uid, event)
+
+    return forward

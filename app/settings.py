@@ -8,6 +8,7 @@ checks they agree). A wrong value raises :class:`SettingsError` naming the varia
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import MISSING, dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
@@ -20,6 +21,7 @@ __all__ = [
     "DeliverySettings",
     "DiarizationSettings",
     "EmbeddingSettings",
+    "EncryptionSettings",
     "LettaSettings",
     "LlmSettings",
     "PrivacySettings",
@@ -39,6 +41,9 @@ __all__ = [
 
 class SettingsError(ValueError):
     """A setting has a wrong value; the message names the environment variable."""
+
+
+_ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 
 
 def setting(env: str, default: Any, doc: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -65,11 +70,48 @@ class ServerSettings:
 
     host: str = setting("HOST", "0.0.0.0", "Address `omi-letta serve` binds to.")
     port: int = setting("PORT", 8000, "TCP port `omi-letta serve` listens on.")
-    data_dir: Path = setting("DATA_DIR", Path("data"), "Directory holding all state (database, models cache).")
+    data_dir: Path = setting(
+        "DATA_DIR",
+        Path("data"),
+        "Directory holding all state (database, index, keys). Models are not kept here: they load from installed "
+        "packages (or the Hugging Face cache).",
+    )
     log_level: str = setting("LOG_LEVEL", "INFO", "Log level.", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    max_body_bytes: int = setting(
+        "MAX_BODY_BYTES",
+        1_048_576,
+        "Largest HTTP request body, in bytes, of routes without a limit of their own (those: voice enrollment "
+        "50 MiB, the OMI webhooks memory-created 32 MiB and audio-bytes 16 MiB, `/v1/embeddings` 8 MiB); a larger "
+        "one gets 413.",
+    )
+    cors_origins: str = setting(
+        "CORS_ORIGINS",
+        "",
+        "Origins whose web pages may call the API from a browser, comma-separated (e.g. "
+        "`https://app.example.com`); empty allows no other origin. The web page at `/` needs none.",
+    )
+    hsts_max_age_s: int = setting(
+        "HSTS_MAX_AGE_S",
+        0,
+        "When browsers reach the service only through HTTPS (a TLS proxy in front), send "
+        "`Strict-Transport-Security` with this max-age, in s; 0 sends none (the service itself speaks plain HTTP).",
+    )
 
     def __post_init__(self) -> None:
         _check_range("PORT", self.port, 1, 65535)
+        _check_range("MAX_BODY_BYTES", self.max_body_bytes, 1024, 2**30)
+        _check_range("HSTS_MAX_AGE_S", self.hsts_max_age_s, 0, 2 * 365 * 86_400)
+        for origin in self.cors_origin_list:
+            if not _ORIGIN.fullmatch(origin):
+                raise SettingsError(
+                    f"CORS_ORIGINS: {origin!r} is not an origin; give scheme://host[:port] such as "
+                    "https://app.example.com (no path, no `*`)"
+                )
+
+    @property
+    def cors_origin_list(self) -> tuple[str, ...]:
+        """CORS_ORIGINS as a tuple, without blanks or trailing slashes."""
+        return tuple(o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip())
 
 
 @dataclass(frozen=True)
@@ -96,10 +138,18 @@ class AuthSettings:
         "Where the keys that sign Firebase ID tokens are published (JWKS).",
     )
     token_leeway_s: float = setting("TOKEN_LEEWAY_S", 30.0, "Clock skew allowed when checking a token's expiry, in s.")
+    metrics_token: str = setting(
+        "METRICS_TOKEN",
+        "",
+        "Bearer token that may read `/metrics` (for Prometheus), besides ADMIN_KEY itself; empty: only ADMIN_KEY. "
+        "`/metrics` is open without a token only under LOCAL_DEVELOPMENT.",
+    )
 
     def __post_init__(self) -> None:
         if self.admin_key and len(self.admin_key) < 8:
             raise SettingsError("ADMIN_KEY must be at least 8 characters long")
+        if self.metrics_token and len(self.metrics_token) < 16:
+            raise SettingsError("METRICS_TOKEN must be at least 16 characters long")
         _check_range("TOKEN_LEEWAY_S", self.token_leeway_s, 0.0, 300.0)
         if self.local_development and (self.admin_key or self.firebase_project_id):
             raise SettingsError(
@@ -213,6 +263,18 @@ class StreamSettings:
     inactivity_timeout_s: float = setting(
         "WS_INACTIVITY_TIMEOUT_S", 90.0, "Close with 1001 after this long without a client message, in s."
     )
+    connect_interval_s: float = setting(
+        "WS_CONNECT_INTERVAL_S",
+        7.0,
+        "Shortest time between two new `/v4/listen` streams of one user, in s (the OMI backend's 7 s lock); a "
+        "quicker one is closed with 1008 `Rate limited, retry later`. 0 disables the limit.",
+    )
+    max_frame_bytes: int = setting(
+        "WS_MAX_FRAME_BYTES",
+        262_144,
+        "Largest `/v4/listen` message, in bytes; a larger one closes the stream with 1009. OMI sends one Opus "
+        "packet (under 1.3 KB) or a PCM chunk (3.2 KB per 100 ms at 16 kHz) per message.",
+    )
 
     def __post_init__(self) -> None:
         _check_range("VAD_THRESHOLD", self.vad_threshold, 0.01, 0.99)
@@ -223,6 +285,8 @@ class StreamSettings:
         _check_range("MAX_QUEUED_AUDIO_S", self.max_queued_audio_s, 1.0, 3600.0)
         _check_range("WS_PING_INTERVAL_S", self.ping_interval_s, 0.1, 600.0)
         _check_range("WS_INACTIVITY_TIMEOUT_S", self.inactivity_timeout_s, 0.5, 3600.0)
+        _check_range("WS_CONNECT_INTERVAL_S", self.connect_interval_s, 0.0, 3600.0)
+        _check_range("WS_MAX_FRAME_BYTES", self.max_frame_bytes, 1024, 64 * 2**20)
 
 
 @dataclass(frozen=True)
@@ -305,6 +369,46 @@ class StorageSettings:
 
 
 @dataclass(frozen=True)
+class EncryptionSettings:
+    """The key that encrypts transcripts and voice profiles at rest (AES-256-GCM)."""
+
+    key: str = setting(
+        "ENCRYPTION_KEY",
+        "",
+        "Encryption key (base64 of 32 random bytes, e.g. `openssl rand -base64 32`); empty reads the key file "
+        "ENCRYPTION_KEY_FILE instead. Keep it apart from the data: without it nothing stored can be read.",
+    )
+    key_file: str = setting(
+        "ENCRYPTION_KEY_FILE",
+        "",
+        "Key file used when ENCRYPTION_KEY is empty; empty means `DATA_DIR/keys/omi-letta.key`. Created (mode "
+        "0600) with a new key on first start if missing and nothing encrypted is stored yet.",
+    )
+    old_keys: str = setting(
+        "ENCRYPTION_OLD_KEYS",
+        "",
+        "Earlier keys (base64, comma-separated) that still decrypt, not encrypt, while `omi-letta rotate-key` "
+        "re-encrypts stored data under ENCRYPTION_KEY; remove them once it is done.",
+    )
+
+    def __post_init__(self) -> None:
+        from memory.crypto import decode_key
+
+        for env, values in (("ENCRYPTION_KEY", [self.key]), ("ENCRYPTION_OLD_KEYS", self.old_key_list)):
+            for value in values:
+                if value:
+                    try:
+                        decode_key(value)
+                    except ValueError as exc:
+                        raise SettingsError(f"{env}: {exc}") from None
+
+    @property
+    def old_key_list(self) -> list[str]:
+        """ENCRYPTION_OLD_KEYS as a list, without blanks."""
+        return [k.strip() for k in self.old_keys.split(",") if k.strip()]
+
+
+@dataclass(frozen=True)
 class RetentionSettings:
     """How long conversations are kept."""
 
@@ -348,10 +452,16 @@ class EmbeddingSettings:
         "OPENAI_BASE_URL", "", "Base URL of the OpenAI-compatible embeddings API; empty means api.openai.com."
     )
     openai_api_key: str = setting("OPENAI_API_KEY", "", "API key of the OpenAI-compatible embeddings API.")
+    timeout_s: float = setting(
+        "EMBEDDINGS_TIMEOUT_S",
+        60.0,
+        "Timeout of one request to the OpenAI-compatible embeddings API, in s (a failed request is tried twice more).",
+    )
 
     def __post_init__(self) -> None:
         _check_range("EMBEDDINGS_BATCH_SIZE", self.batch_size, 1, 2048)
         _check_range("EMBEDDINGS_THREADS", self.threads, 1, 64)
+        _check_range("EMBEDDINGS_TIMEOUT_S", self.timeout_s, 0.1, 600)
         if self.backend == "openai" and not self.openai_api_key:
             raise SettingsError("EMBEDDINGS_BACKEND=openai needs OPENAI_API_KEY")
 
@@ -363,8 +473,14 @@ class VectorIndexSettings:
     backend: str = setting(
         "VECTOR_INDEX",
         "local",
-        "Vector index: `local` (files under `DATA_DIR/index`, exact cosine search) or `pinecone`.",
-        choices=("local", "pinecone"),
+        "Vector index: `local` (files under `DATA_DIR/index`, exact cosine search), `pinecone`, or `pgvector` "
+        "(PostgreSQL with the pgvector extension, exact cosine search; several workers can share it).",
+        choices=("local", "pinecone", "pgvector"),
+    )
+    pgvector_url: str = setting(
+        "PGVECTOR_URL",
+        "",
+        "Database of VECTOR_INDEX=pgvector (`postgresql+asyncpg://...`); empty means DATABASE_URL.",
     )
     pinecone_api_key: str = setting("PINECONE_API_KEY", "", "Pinecone API key.")
     pinecone_host: str = setting(
@@ -380,6 +496,8 @@ class VectorIndexSettings:
                 raise SettingsError("VECTOR_INDEX=pinecone needs PINECONE_API_KEY")
             if not self.pinecone_host and not self.pinecone_index:
                 raise SettingsError("VECTOR_INDEX=pinecone needs PINECONE_HOST or PINECONE_INDEX")
+        if self.pgvector_url and not self.pgvector_url.startswith("postgresql+asyncpg://"):
+            raise SettingsError("PGVECTOR_URL must start with postgresql+asyncpg://")
 
 
 @dataclass(frozen=True)
@@ -524,6 +642,39 @@ class DeliverySettings:
 
 
 @dataclass(frozen=True)
+class ClusterSettings:
+    """Several service workers sharing users: live state and the delivery queue in Redis."""
+
+    redis_url: str = setting(
+        "REDIS_URL",
+        "",
+        "Redis shared by several workers (`redis://host:6379/0`): connect limits, who owns each in-progress "
+        "conversation, live speaker state, live fan-out and the delivery queue (Streams). Empty: one process, "
+        "all of it in memory. Use with a PostgreSQL DATABASE_URL and a shared VECTOR_INDEX (pgvector or pinecone).",
+    )
+    lease_ttl_s: float = setting(
+        "REDIS_LEASE_TTL_S",
+        30.0,
+        "How long a worker's hold on a user's in-progress conversation lasts unless renewed, in s; another "
+        "worker takes over a dropped device's conversation at most this long after the first worker died.",
+    )
+    claim_idle_s: float = setting(
+        "REDIS_CLAIM_IDLE_S",
+        30.0,
+        "Delivery work a worker read but did not finish is taken over by another after this long, in s.",
+    )
+    worker_id: str = setting(
+        "WORKER_ID", "", "Name of this worker in Redis (consumer name, lease owner); empty: host, pid and a suffix."
+    )
+
+    def __post_init__(self) -> None:
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise SettingsError("REDIS_URL must start with redis://, rediss:// or unix://")
+        _check_range("REDIS_LEASE_TTL_S", self.lease_ttl_s, 1.0, 3600.0)
+        _check_range("REDIS_CLAIM_IDLE_S", self.claim_idle_s, 1.0, 3600.0)
+
+
+@dataclass(frozen=True)
 class WebhookSettings:
     """The OMI cloud's developer webhooks (`/v1/integrations/omi/...`)."""
 
@@ -547,11 +698,13 @@ class Settings:
     conversation: ConversationSettings = field(default_factory=ConversationSettings)
     diarization: DiarizationSettings = field(default_factory=DiarizationSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
+    encryption: EncryptionSettings = field(default_factory=EncryptionSettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     letta: LettaSettings = field(default_factory=LettaSettings)
     llm: LlmSettings = field(default_factory=LlmSettings)
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
     embeddings: EmbeddingSettings = field(default_factory=EmbeddingSettings)
     vector_index: VectorIndexSettings = field(default_factory=VectorIndexSettings)
 
@@ -581,6 +734,13 @@ class Settings:
         return ("index", "letta") if self.letta.delivery else ("index",)
 
     @property
+    def encryption_key_file(self) -> Path:
+        """The effective key file: ENCRYPTION_KEY_FILE, else ``DATA_DIR/keys/omi-letta.key``."""
+        if self.encryption.key_file:
+            return Path(self.encryption.key_file).expanduser()
+        return self.server.data_dir / "keys" / "omi-letta.key"
+
+    @property
     def database_url(self) -> str:
         """The effective database URL."""
         if self.storage.database_url:
@@ -597,12 +757,14 @@ SECTIONS: tuple[type, ...] = (
     ConversationSettings,
     DiarizationSettings,
     StorageSettings,
+    EncryptionSettings,
     RetentionSettings,
     EmbeddingSettings,
     VectorIndexSettings,
     LettaSettings,
     LlmSettings,
     DeliverySettings,
+    ClusterSettings,
     WebhookSettings,
 )
 

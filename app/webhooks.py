@@ -40,7 +40,7 @@ from litestar.params import Parameter
 from app.audit import note_uid
 from app.auth import AuthError
 from app.live import LiveEvent
-from app.routes import authenticate
+from app.routes import MAX_OFFSET, authenticate
 from app.services import Services
 from app.ws import stream_sink
 from ingest.decode import PCM_RATES, make_decoder
@@ -60,6 +60,8 @@ MAX_CONVERSATION_BYTES = 32 * 1024 * 1024
 MAX_AUDIO_BYTES = 16 * 1024 * 1024  # over 8 minutes of 16 kHz PCM16 in one request
 REWIND_S = 5.0  # realtime times that go back further than this began a new conversation in the cloud
 AHEAD_S = 30.0  # nor may they run this far ahead of the clock
+MAX_SEGMENT_S = 7 * 86_400.0  # segment times count from the conversation's start; none lasts a week
+LATEST = datetime(2100, 1, 1, tzinfo=UTC).timestamp()  # times must lie in 1970–2100, so they can be shown
 _NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "omi-letta:omi-webhooks")
 _SPEAKER = re.compile(r"SPEAKER_(\d{1,4})")
 _TOKEN_HELP = "create one with `omi-letta token create --uid <uid> --name omi-webhooks`"
@@ -92,8 +94,8 @@ class OmiSegment(msgspec.Struct, kw_only=True):
     )  # the docs' spelling
     is_user: bool = False
     person_id: Annotated[str, msgspec.Meta(max_length=64)] | None = None
-    start: float
-    end: float
+    start: Annotated[float, msgspec.Meta(ge=-MAX_SEGMENT_S, le=MAX_SEGMENT_S)]
+    end: Annotated[float, msgspec.Meta(ge=-MAX_SEGMENT_S, le=MAX_SEGMENT_S)]
     translations: list[OmiTranslation] = []
     speech_profile_processed: bool = True
     stt_provider: Annotated[str, msgspec.Meta(max_length=64)] | None = None
@@ -185,10 +187,14 @@ def _unprocessable(detail: str, field: str) -> HTTPException:
     return HTTPException(status_code=UNPROCESSABLE, detail=detail, extra={"field": field})
 
 
-def _epoch(when: datetime | None) -> float | None:
+def _epoch(when: datetime | None, field: str) -> float | None:
+    """``when`` (UTC unless it says otherwise) as epoch seconds; 422 naming ``field`` if it is not in 1970–2100."""
     if when is None:
         return None
-    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+    ts = (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+    if not 0 <= ts < LATEST:
+        raise _unprocessable(f"{field[2:]} must lie between 1970 and 2100, not {when.isoformat()}", field)
+    return ts
 
 
 def _speaker_id(seg: OmiSegment) -> int:
@@ -245,9 +251,9 @@ def _imported(uid: str, memory: OmiConversation, now: float) -> Conversation:
             raise _unprocessable(f"segment id {memory.transcript_segments[i].id!r} repeats", field)
         seen.add(sid)
     segments = [_segment(seg, sid, 0.0) for seg, sid in zip(memory.transcript_segments, ids, strict=True)]
-    created = _epoch(memory.created_at) or now
-    started = _epoch(memory.started_at) or created
-    finished = _epoch(memory.finished_at) or started + max((s.end for s in segments), default=0.0)
+    created = _epoch(memory.created_at, "$.created_at") or now
+    started = _epoch(memory.started_at, "$.started_at") or created
+    finished = _epoch(memory.finished_at, "$.finished_at") or started + max((s.end for s in segments), default=0.0)
     return Conversation(
         id=local_id(uid, "conversation", memory.id),
         uid=uid,
@@ -423,7 +429,10 @@ class OmiWebhooks:
     async def _end(self, uid: str) -> None:
         session = self._audio.pop(uid, None)
         if session is not None:
-            await session.stream.finish()
+            try:
+                await session.stream.finish()
+            finally:
+                self.services.conversations.disconnect(uid)
             log.info("audio-bytes: stream closed")
 
     async def _reap(self) -> None:
@@ -589,7 +598,7 @@ class OmiWebhookController(Controller):
         body: OmiDaySummary = _decode(await request.body(), OmiDaySummary)
         if body.uid and body.uid != omi_uid:
             raise _unprocessable("uid in the body is not the uid of the API token", "$.uid")
-        created_at = _epoch(body.created_at) or time.time()
+        created_at = _epoch(body.created_at, "$.created_at") or time.time()
         _, new = await hooks.summaries.add(
             omi_uid, created_at=created_at, summary=body.summary, summary_json=body.summary_json
         )
@@ -602,7 +611,7 @@ class OmiWebhookController(Controller):
         omi_uid: str,
         hooks: OmiWebhooks,
         limit: Annotated[int, Parameter(ge=1, le=200)] = 25,
-        offset: Annotated[int, Parameter(ge=0)] = 0,
+        offset: Annotated[int, Parameter(ge=0, le=MAX_OFFSET)] = 0,
     ) -> dict[str, Any]:
         """The caller's day summaries, newest first: ``{id, created_at, summary, summary_json}``."""
         items, total = await hooks.summaries.page(omi_uid, limit=limit, offset=offset)

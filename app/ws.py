@@ -23,6 +23,7 @@ from litestar.exceptions import WebSocketDisconnect
 
 from app.audit import client_of
 from app.auth import AuthError
+from app.limits import RATE_LIMITED
 from app.live import LiveEvent
 from app.routes import authenticate
 from ingest.decode import make_decoder
@@ -30,6 +31,7 @@ from ingest.errors import DecodeError, IngestError, SpeechToTextError, Unsupport
 from ingest.relay import RelayStream
 from ingest.speakers import identity_fields, name_speaker
 from ingest.stream import LiveStream
+from memory.errors import StorageFullError
 
 if TYPE_CHECKING:
     from app.services import Services
@@ -43,8 +45,10 @@ __all__ = ["listen", "stream_sink"]
 log = logging.getLogger(__name__)
 
 POLICY_VIOLATION = 1008
+MESSAGE_TOO_BIG = 1009
 GOING_AWAY = 1001
 INTERNAL_ERROR = 1011
+STORAGE_FULL = "Storage full: the server cannot store transcripts"
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,7 @@ class _Session:
         self.socket = socket
         self.closed = False
         self.close_code: int | None = None  # the code this side closed with (None: the socket failed first)
+        self.action = "stream"  # its audit action: "rate-limited" when refused by the connect limit
         self.last_client_message = time.monotonic()
         self._lock = asyncio.Lock()
 
@@ -110,7 +115,22 @@ class _Session:
         self.close_code = code
         async with self._lock:
             with contextlib.suppress(Exception):
-                await self.socket.close(code=code, reason=reason)
+                await self.socket.close(code=code, reason=close_reason(reason))
+
+
+MAX_CLOSE_REASON_BYTES = 123  # RFC 6455: a close frame carries at most 125 bytes, 2 of them the code
+
+
+def close_reason(reason: str) -> str:
+    """``reason`` cut to what a close frame can carry, ending in "…" when cut.
+
+    A longer one (an echoed parameter can make it so) fails the close, and the client would see the
+    connection drop (1006) instead of the code and the reason.
+    """
+    raw = reason.encode()
+    if len(raw) <= MAX_CLOSE_REASON_BYTES:
+        return reason
+    return raw[: MAX_CLOSE_REASON_BYTES - len("…".encode())].decode(errors="ignore") + "…"
 
 
 def _segments_payload(segments: list[TranscriptSegment]) -> list[Any]:
@@ -122,7 +142,8 @@ async def listen(socket: WebSocket) -> None:
     """Stream audio in, transcript segments and conversation events out (OMI ``/v4/listen``).
 
     Each stream is one audit entry (``stream``), written when it closes; a refused token is one
-    too (``auth-failure``).
+    too (``auth-failure``), and so is a stream refused by the per-user connect limit
+    (``rate-limited``, closed with 1008 ``Rate limited, retry later``).
     """
     services: Services = socket.app.state.services
     await socket.accept()
@@ -144,6 +165,9 @@ async def _audit_stream(session: _Session, services: Services, uid: str) -> None
 
     Written even when the stream is cancelled (at shutdown) while the conversation is looked up.
     """
+    if session.action != "stream":  # refused before it began: no conversation of its own
+        _audit(services, session, uid=uid, action=session.action)
+        return
     current = None
     try:
         current = await services.conversations.current(uid)
@@ -182,11 +206,29 @@ async def _stream(session: _Session, services: Services, uid: str) -> None:
         log.error("cannot open a stream: %s", exc.detail)
         await session.close(INTERNAL_ERROR, exc.detail[:120])
         return
+    # Only a stream that would open takes the user's slot; one refused above does not.
+    if not await services.connect_limiter.acquire(uid):
+        services.metrics.inc("streams_rate_limited_total")
+        interval_s = services.settings.stream.connect_interval_s
+        log.info("refused a stream: its user opened one less than %g s ago", interval_s)
+        session.action = "rate-limited"
+        await session.close(POLICY_VIOLATION, RATE_LIMITED)
+        return
 
     await session.send_json({"type": "service_status", "status": "initiating", "status_text": "Service Starting"})
     timeout_s = services.conversation_timeout(params.conversation_timeout)
     conversations = services.conversations
-    resumed = await conversations.connect(uid, timeout_s=timeout_s)
+    # Another worker may still hold this user's stream (a device that moved): wait for it to let go.
+    await services.leases.acquire(uid, wait_s=min(services.settings.cluster.lease_ttl_s, 10.0))
+    try:
+        resumed = await conversations.connect(uid, timeout_s=timeout_s)
+    except StorageFullError as exc:
+        await services.leases.release(uid)
+        await _storage_full(session, exc)
+        return
+    except BaseException:
+        await services.leases.release(uid)
+        raise
     last = await services.store.last_completed_id(uid)
     if last:
         await session.send_json({"type": "last_memory", "memory_id": last})
@@ -194,9 +236,13 @@ async def _stream(session: _Session, services: Services, uid: str) -> None:
 
     live = services.live_speakers
     if live is not None and resumed is not None:
-        live.resume(uid, resumed.segments)
-    sink = stream_sink(
-        services, uid, timeout_s=timeout_s, source=params.source, language=params.language, send=session.send_json
+        shared = await services.redis.load_speakers(resumed.id) if services.redis is not None else None
+        live.resume(uid, resumed.segments, shared)
+    sink = _closing_when_full(
+        session,
+        stream_sink(
+            services, uid, timeout_s=timeout_s, source=params.source, language=params.language, send=session.send_json
+        ),
     )
 
     stt_failed = asyncio.Event()
@@ -226,6 +272,7 @@ async def _stream(session: _Session, services: Services, uid: str) -> None:
         except SpeechToTextError as exc:
             await stream.finish()
             unsubscribe()
+            await _let_go(services, uid)
             await _stt_failed(session, exc)
             return
     else:
@@ -256,18 +303,58 @@ async def _stream(session: _Session, services: Services, uid: str) -> None:
     reader = asyncio.create_task(_read(session, stream, services, uid))
     keeper = asyncio.create_task(_keepalive(session, services))
     failed = asyncio.create_task(stt_failed.wait())
+    holder = asyncio.create_task(_hold_lease(services, uid))
     try:
         await asyncio.wait({reader, keeper, failed}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for task in (reader, keeper, failed):
+        for task in (reader, keeper, failed, holder):
             task.cancel()
-        await asyncio.gather(reader, keeper, failed, return_exceptions=True)
+        await asyncio.gather(reader, keeper, failed, holder, return_exceptions=True)
         # Whatever was heard is transcribed and stored even though the client is gone.
-        await stream.finish()
-        unsubscribe()
+        try:
+            await stream.finish()
+        finally:
+            unsubscribe()
+            await _let_go(services, uid)
         metrics.set_gauge("streams_active", metrics.gauges.get("streams_active", 1) - 1)
         await session.close(GOING_AWAY)
         log.info("stream closed")
+
+
+async def _share_speakers(services: Services, uid: str) -> None:
+    """Put the user's live speaker state in Redis, for the worker their device may move to."""
+    live = services.live_speakers
+    if services.redis is None or live is None:
+        return
+    current = await services.store.in_progress(uid)
+    state = live.snapshot(uid)
+    if current is not None and state is not None:
+        ttl = int(current.timeout_s + services.settings.cluster.lease_ttl_s)
+        await services.redis.save_speakers(current.id, state, ttl)
+
+
+async def _hold_lease(services: Services, uid: str) -> None:
+    """While the stream lasts: renew the user's lease, and share their speaker state now and then."""
+    if not services.leases.shared:
+        return
+    every = services.settings.cluster.lease_ttl_s / 3
+    while True:
+        await asyncio.sleep(every)
+        if not await services.leases.renew(uid):
+            log.warning("another worker took over the stream of uid %s", uid)
+        await _share_speakers(services, uid)
+
+
+async def _let_go(services: Services, uid: str) -> None:
+    """The stream ended: share the speaker state, forget the cached conversation, release the lease."""
+    try:
+        if services.leases.shared:
+            await _share_speakers(services, uid)
+    except Exception as exc:
+        log.warning("could not share the speaker state of uid %s (%s)", uid, type(exc).__name__)
+    finally:
+        services.conversations.disconnect(uid)
+        await services.leases.release(uid)
 
 
 def stream_sink(
@@ -320,6 +407,30 @@ def stream_sink(
     return sink
 
 
+def _closing_when_full(session: _Session, sink: SegmentSink) -> SegmentSink:
+    """``sink``, closing the stream with 1011 :data:`STORAGE_FULL` the first time the disk is full.
+
+    The error still reaches the stream, which retries storing those segments for a while: if space
+    is freed meanwhile they are kept, although the device has gone.
+    """
+
+    async def guarded(segments: list[AbsoluteSegment], final: bool) -> None:
+        try:
+            await sink(segments, final)
+        except StorageFullError as exc:
+            await _storage_full(session, exc)
+            raise
+
+    return guarded
+
+
+async def _storage_full(session: _Session, exc: StorageFullError) -> None:
+    """Tell the device that what it sends cannot be stored: close with 1011 and a precise reason."""
+    if not session.closed:
+        log.error("%s; closing the stream with %d", exc.detail, INTERNAL_ERROR)
+        await session.close(INTERNAL_ERROR, STORAGE_FULL)
+
+
 async def _stt_failed(session: _Session, exc: SpeechToTextError) -> None:
     """The speech-to-text service refused the stream for good: say so, as OMI does, and close with 1011."""
     await session.send_json({"type": "service_status", "status": "stt_failed", "status_text": exc.detail})
@@ -328,6 +439,7 @@ async def _stt_failed(session: _Session, exc: SpeechToTextError) -> None:
 
 async def _read(session: _Session, stream: LiveStream | RelayStream, services: Services, uid: str) -> None:
     metrics = services.metrics
+    limit = services.settings.stream.max_frame_bytes
     bad_frames = 0
     while True:
         try:
@@ -335,9 +447,21 @@ async def _read(session: _Session, stream: LiveStream | RelayStream, services: S
         except WebSocketDisconnect:
             return
         if message["type"] == "websocket.disconnect":
+            if message.get("code") == MESSAGE_TOO_BIG and not session.closed:
+                # The server's protocol layer refused a message far over the limit (`serve` sets its
+                # ws_max_size to twice WS_MAX_FRAME_BYTES) and closed with 1009 itself.
+                metrics.inc("frames_too_large_total")
+                session.closed, session.close_code = True, MESSAGE_TOO_BIG
             return
         session.last_client_message = time.monotonic()
         data = message.get("bytes")
+        text = message.get("text")
+        size = len(data) if isinstance(data, bytes) else len(text.encode()) if isinstance(text, str) else 0
+        if size > limit:
+            metrics.inc("frames_too_large_total")
+            log.warning("closing a stream that sent a %d-byte message (WS_MAX_FRAME_BYTES=%d)", size, limit)
+            await session.close(MESSAGE_TOO_BIG, f"Message too big: {size} bytes, the limit is {limit}")
+            return
         if isinstance(data, bytes):
             if len(data) <= 2:
                 continue  # keepalive, e.g. the app's [0x8A, 0x00] answer to ping
@@ -349,7 +473,6 @@ async def _read(session: _Session, stream: LiveStream | RelayStream, services: S
                 if bad_frames in (1, 10, 100) or bad_frames % 1000 == 0:
                     log.warning("skipped %d undecodable %s frame(s)", bad_frames, stream.decoder.codec)
             continue
-        text = message.get("text")
         if isinstance(text, str):
             await _handle_text(text, session, services, uid)
 

@@ -312,7 +312,8 @@ class Server:
 
     def metrics(self) -> dict[str, float]:
         """GET /metrics, parsed."""
-        with urllib.request.urlopen(f"{self.base}/metrics", timeout=10) as r:
+        request = urllib.request.Request(f"{self.base}/metrics", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+        with urllib.request.urlopen(request, timeout=10) as r:
             return parse_metrics(r.read().decode())
 
     def cpu_seconds(self) -> float:
@@ -351,6 +352,7 @@ async def stream_packets(
     start_at: float | None = None,
     settle_s: float = 3.0,
     max_wait_s: float = 60.0,
+    query: str = "",
 ) -> StreamResult:
     """Send ``packets`` one per message at real time, answer ``ping``, collect segment messages.
 
@@ -360,7 +362,7 @@ async def stream_packets(
     import websockets
 
     result = StreamResult()
-    target = f"{url}?codec={CODEC}&sample_rate={SAMPLE_RATE}&language=en"
+    target = f"{url}?codec={CODEC}&sample_rate={SAMPLE_RATE}&language=en{query}"
     headers = {"Authorization": f"Bearer {token}"}
     last_message = [0.0]
     try:

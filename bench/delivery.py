@@ -145,11 +145,14 @@ async def latency(base_url: str, turns: int, folder: Path) -> dict[str, list[flo
 
 def store_synthetic(data_dir: Path, uid: str, conversations: int, per: int) -> int:
     """Store conversations of synthetic turns (nothing queued); returns the turn count."""
+    from app.keys import unlock
+    from app.settings import load_settings
     from ingest.segments import TranscriptSegment
     from memory.store import ConversationStore
 
     async def run() -> int:
         store = await ConversationStore.open(f"sqlite+aiosqlite:///{data_dir / 'omi-letta.db'}")
+        await unlock(load_settings({"DATA_DIR": str(data_dir)}, env_file=None), store.engine)  # the server's key
         t0 = time.time() - 86_400 * conversations
         for c in range(conversations):
             segments = [

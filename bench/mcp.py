@@ -258,6 +258,12 @@ def main() -> None:
 
     server = Server(parse_env(args.env))
     try:
+        from app.keys import write_key_file
+        from memory.crypto import Keyring, install
+
+        keyring = Keyring.generate()  # the server's key file, so it can read the index files seeded here
+        write_key_file(server.data_dir / "keys" / "omi-letta.key", keyring)
+        install(keyring)
         folder = server.data_dir / "index"
         seed_indexes(folder, turns, vectors, progress=True)
         counts = indexed_counts(folder, UID)

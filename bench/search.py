@@ -49,6 +49,7 @@ from bench._common import (
     seed_indexes,
     table,
 )
+from memory.crypto import Keyring, install
 from memory.embeddings import Embedder, LocalEmbedder
 from memory.index import IndexHit
 from memory.index.local import LocalVectorIndex
@@ -304,6 +305,7 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=2000, help="distinct sentences embedded with the model")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
+    install(Keyring.generate())  # the index files are encrypted at rest, as a server's are
     print_machine()
     load_before = os.getloadavg()
     embedder = LocalEmbedder()

@@ -16,6 +16,7 @@ from typing import Any
 
 import msgspec
 
+from ingest.leases import Leases, LocalLeases
 from ingest.segments import TranscriptSegment, combine_segments, speaker_label, speaker_name
 from memory.store import Conversation, ConversationStore
 
@@ -45,13 +46,20 @@ class AbsoluteSegment(msgspec.Struct, frozen=True):
     speaker_name: str | None = None
 
 
+MAX_TIMEOUT_S = 14_400
+
+
 def clamp_timeout(requested: int | None, *, default: int, minimum: int) -> int:
-    """The OMI rule: ``-1`` means 4 hours, anything under the minimum is raised to it."""
+    """The OMI rule: ``-1`` means 4 hours, anything under the minimum is raised to it.
+
+    Anything over 4 hours is lowered to it, as OMI documents the range (its code has no upper
+    clamp); an unbounded value would not fit the database's integer column.
+    """
     if requested is None:
         return default
     if requested == -1:
-        return 14_400
-    return max(requested, minimum)
+        return MAX_TIMEOUT_S
+    return min(max(requested, minimum), MAX_TIMEOUT_S)
 
 
 class ConversationManager:
@@ -64,8 +72,13 @@ class ConversationManager:
         sweep_interval_s: float = 5.0,
         refiner: Refiner | None = None,
         on_forget: Callable[[str], None] | None = None,
+        leases: Leases | None = None,
+        on_event: Callable[[str, Any], Awaitable[None]] | None = None,
     ) -> None:
         self.store = store
+        self.leases: Leases = leases or LocalLeases()
+        self._on_event = on_event  # sees every user's events (the live fan-out of several workers)
+        self._streaming: Counter[str] = Counter()  # users with a device stream here
         self._refiner = refiner
         self._on_forget = on_forget
         self._sweep_interval = sweep_interval_s
@@ -93,18 +106,25 @@ class ConversationManager:
     async def connect(self, uid: str, *, timeout_s: int) -> Conversation | None:
         """A client connected: close the in-progress conversation if it timed out, else resume it.
 
-        Returns the conversation that resumes, if any.
+        Returns the conversation that resumes, if any. Call :meth:`disconnect` when the client goes.
         """
         async with self._locks[uid]:
-            current = await self._load(uid)
-            if current is None:
-                return None
-            if time.time() - current.last_speech_at >= current.timeout_s:
-                await self._close_locked(uid, current.id)
-                return None
-            current.timeout_s = timeout_s
-            await self.store.touch(current.id, timeout_s=timeout_s)
-            return current
+            if self.leases.shared and not self._streaming[uid]:
+                self._current.pop(uid, None)  # another worker may have written it since
+            self._streaming[uid] += 1
+            try:
+                current = await self._load(uid)
+                if current is None:
+                    return None
+                if time.time() - current.last_speech_at >= current.timeout_s:
+                    await self._close_locked(uid, current.id)
+                    return None
+                current.timeout_s = timeout_s
+                await self.store.touch(current.id, timeout_s=timeout_s)
+                return current
+            except BaseException:
+                self.disconnect(uid)
+                raise
 
     async def add(
         self, uid: str, new: list[AbsoluteSegment], *, timeout_s: int, source: str, language: str
@@ -124,7 +144,7 @@ class ConversationManager:
             current.segments = combined
             current.finished_at = max(current.finished_at, current.started_at + combined[-1].end)
             current.last_speech_at = now
-            await self.store.save_segments(current, changed, last_speech_at=now, timeout_s=timeout_s)
+            await self._save(uid, current, changed, last_speech_at=now, timeout_s=timeout_s)
             return changed
 
     async def upsert(
@@ -178,7 +198,7 @@ class ConversationManager:
                 last_end = max(s.end for s in current.segments)
                 current.finished_at = max(current.finished_at, current.started_at + last_end)
                 current.last_speech_at = now
-                await self.store.save_segments(current, changed, last_speech_at=now, timeout_s=timeout_s)
+                await self._save(uid, current, changed, last_speech_at=now, timeout_s=timeout_s)
             return changed
 
     async def import_completed(self, uid: str, conversation: Conversation) -> tuple[Conversation, bool]:
@@ -269,24 +289,46 @@ class ConversationManager:
             changed = [new for old, new in zip(conversation.segments, updated, strict=True) if new != old]
             if changed:
                 conversation.segments = updated
-                await self.store.save_segments(conversation, changed, last_speech_at=conversation.last_speech_at)
+                await self._save(uid, conversation, changed, last_speech_at=conversation.last_speech_at)
                 await self._emit(uid, [msgspec.to_builtins(s) for s in changed])
             return changed
 
+    def disconnect(self, uid: str) -> None:
+        """A client of ``uid`` that :meth:`connect` saw has gone."""
+        self._streaming[uid] -= 1
+        if self._streaming[uid] <= 0:
+            del self._streaming[uid]
+            if self.leases.shared:
+                self._current.pop(uid, None)  # the next worker to write it owns it
+
     async def sweep(self) -> int:
-        """Close every conversation whose silence exceeded its timeout; returns how many."""
+        """Close every conversation whose silence exceeded its timeout; returns how many.
+
+        With shared leases, a user's conversation is closed only by a worker that holds their
+        lease (the one their device streams to, or any while none does), read afresh.
+        """
         closed = 0
         for uid, conversation_id in await self.store.due(time.time()):
             async with self._locks[uid]:
-                current = await self._load(uid)
-                # Re-check under the lock: speech may have arrived since the query.
-                if (
-                    current
-                    and current.id == conversation_id
-                    and time.time() - current.last_speech_at >= current.timeout_s
-                ):
-                    await self._close_locked(uid, conversation_id)
-                    closed += 1
+                borrowed = self.leases.shared and not self._streaming[uid]
+                if borrowed:
+                    if not await self.leases.try_hold(uid):
+                        continue  # streaming to another worker
+                    self._current.pop(uid, None)
+                try:
+                    current = await self._load(uid)
+                    # Re-check under the lock: speech may have arrived since the query.
+                    if (
+                        current
+                        and current.id == conversation_id
+                        and time.time() - current.last_speech_at >= current.timeout_s
+                    ):
+                        await self._close_locked(uid, conversation_id)
+                        closed += 1
+                finally:
+                    if borrowed:
+                        self._current.pop(uid, None)
+                        await self.leases.release(uid)
         return closed
 
     async def _sweep_forever(self) -> None:
@@ -296,6 +338,27 @@ class ConversationManager:
                 await self.sweep()
             except Exception:
                 log.exception("conversation sweep failed; retrying")
+
+    async def _save(
+        self,
+        uid: str,
+        conversation: Conversation,
+        changed: list[TranscriptSegment],
+        *,
+        last_speech_at: float,
+        timeout_s: int | None = None,
+    ) -> None:
+        """Store changed segments of ``conversation``, already applied to it in memory.
+
+        If the write fails, the user's cached conversation is dropped, to be read again from the
+        database: kept, it would be ahead of what is stored, and segments sent again (a retry after
+        a full disk) would be merged into their own unstored copy.
+        """
+        try:
+            await self.store.save_segments(conversation, changed, last_speech_at=last_speech_at, timeout_s=timeout_s)
+        except BaseException:
+            self._current.pop(uid, None)
+            raise
 
     async def _load(self, uid: str) -> Conversation | None:
         current = self._current.get(uid)
@@ -338,6 +401,11 @@ class ConversationManager:
         log.info("conversation %s: %d segment(s) re-attributed at close", closing.id, len(changed))
 
     async def _emit(self, uid: str, event: Any) -> None:
+        if self._on_event is not None:
+            try:
+                await self._on_event(uid, event)
+            except Exception:
+                log.warning("could not publish a conversation event of uid %s", uid)
         for listener in list(self._listeners.get(uid, ())):
             try:
                 await listener(event)

@@ -121,13 +121,24 @@ class LiveSpeakers:
                 self._users[uid] = state
             return state.tracker
 
-    def resume(self, uid: str, segments: list[TranscriptSegment]) -> None:
-        """A conversation resumes with no tracker (the service restarted): number new speakers after its own."""
+    def resume(self, uid: str, segments: list[TranscriptSegment], state: bytes | None = None) -> None:
+        """A conversation resumes with no tracker here: continue from ``state`` (a :meth:`snapshot` taken by
+        the worker it streamed to before), else (the service restarted) number new speakers after its own."""
         with self._lock:
-            if uid not in self._users and segments:
+            if state is not None:
+                tracker = SpeakerTracker(self.diarizer, match_threshold=self.live_threshold)
+                tracker.restore(state)
+                self._users[uid] = _UserState(tracker)
+            elif uid not in self._users and segments:
                 first = max(s.speaker_id for s in segments) + 1
                 tracker = SpeakerTracker(self.diarizer, match_threshold=self.live_threshold, first_id=first)
                 self._users[uid] = _UserState(tracker)
+
+    def snapshot(self, uid: str) -> bytes | None:
+        """The user's live speaker state, for another worker to continue from (None when there is none)."""
+        with self._lock:
+            state = self._users.get(uid)
+        return state.tracker.snapshot() if state else None
 
     def forget(self, uid: str) -> None:
         """The user's in-progress conversation was deleted: start afresh."""

@@ -20,17 +20,21 @@ import msgspec
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
+from memory.errors import StorageFullError
 from memory.models import AuditRow
 
 __all__ = ["ACTIONS", "AuditEntry", "AuditLog", "conversation_ref"]
 
 log = logging.getLogger(__name__)
 
-ACTIONS = frozenset({"read", "list", "search", "change", "delete", "export", "chat", "erase", "stream", "auth-failure"})
+ACTIONS = frozenset(
+    {"read", "list", "search", "change", "delete", "export", "chat", "erase", "stream", "auth-failure", "rate-limited"}
+)
 """``read``: one conversation (or the live transcript); ``list``: many; ``search``: the memory; ``change``:
 a conversation, speaker or profile written; ``delete``; ``export``: the audit log or a user's data read out;
 ``chat``: a message to the agent; ``erase``: a user's data erased; ``stream``: a device stream (one per
-connection); ``auth-failure``: a request refused for its token (uid empty)."""
+connection); ``auth-failure``: a request refused for its token (uid empty); ``rate-limited``: a device
+stream refused because its user opened another moments before."""
 
 FLUSH_EVERY_S = 0.2  # how long the writer gathers entries into one insert
 RETRY_AFTER_S = 2.0  # after a failed insert
@@ -140,8 +144,11 @@ class AuditLog:
             try:
                 async with self._sessions() as session, session.begin():
                     await session.execute(insert(AuditRow), [_values(e) for e in batch])
-            except Exception:
-                log.exception("could not write %d audit entries; retrying", len(batch))
+            except Exception as exc:
+                if isinstance(exc, StorageFullError):
+                    log.error("could not write %d audit entries (%s); retrying", len(batch), exc.detail)
+                else:
+                    log.exception("could not write %d audit entries; retrying", len(batch))
                 self._queued[:0] = batch
                 excess = len(self._queued) - MAX_QUEUED
                 if excess > 0:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, NamedTuple
 
-from memory.errors import NotFoundError, StorageError
+from memory.errors import NotFoundError, StorageError, StorageFullError
 
 if TYPE_CHECKING:
     from ingest.metrics import Metrics
@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 __all__ = ["Deliverer", "Delivery", "DeliveryLock", "Sink"]
 
 log = logging.getLogger(__name__)
+
+FULL_WAIT_S = 5.0  # pause of a delivery loop after the disk was found full
 
 
 class Delivery(NamedTuple):
@@ -147,7 +149,8 @@ class Deliverer:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            status = await self.outbox.fail(head.id, f"{type(exc).__name__}: {exc}")
+            transient = isinstance(exc, StorageError) and exc.transient
+            status = await self.outbox.fail(head.id, f"{type(exc).__name__}: {exc}", transient=transient)
             self.metrics.inc(f"delivery_failures_total_{sink.name}")
             # Our errors say what failed without any transcript text; others are named by type only.
             why = exc.detail if isinstance(exc, StorageError) else type(exc).__name__
@@ -176,6 +179,12 @@ class Deliverer:
                 await self.report(sink)
             except asyncio.CancelledError:
                 raise
+            except StorageFullError as exc:
+                # Nothing is lost (undelivered records stay pending); look again in a while, not every poll.
+                log.error(
+                    "the %s delivery loop cannot write: %s; retrying in %.0f s", sink.name, exc.detail, FULL_WAIT_S
+                )
+                await asyncio.sleep(FULL_WAIT_S)
             except Exception:
                 log.exception("the %s delivery loop failed; retrying", sink.name)
             with contextlib.suppress(TimeoutError):

@@ -162,7 +162,9 @@ class OpenAIEmbedder(Embedder):
         self._client = client or openai.OpenAI(
             api_key=api_key, base_url=base_url or None, timeout=timeout_s, max_retries=2
         )
+        self._backend = f"EMBEDDINGS_BACKEND=openai at {base_url or 'https://api.openai.com/v1'}"
         self._dim: int | None = OPENAI_DIMS.get(self.name)
+        self._dim_known = False  # True once an answer showed the dimension (the table above is a guess)
 
     @property
     def dim(self) -> int:
@@ -173,22 +175,52 @@ class OpenAIEmbedder(Embedder):
     def embed(self, texts: Sequence[str]) -> NDArray[np.float32]:
         import openai
 
-        rows: list[list[float]] = []
+        rows: list[NDArray[np.float32]] = []
         for first in range(0, len(texts), self.batch_size):
             chunk = list(texts[first : first + self.batch_size])
             try:
                 response = self._client.embeddings.create(model=self.name, input=chunk, encoding_format="float")
             except openai.OpenAIError as exc:
-                raise EmbeddingError(f"embedding with {self.name} failed: {exc}") from exc
-            data = sorted(response.data, key=lambda d: d.index)
-            if len(data) != len(chunk):
-                raise EmbeddingError(f"embedding with {self.name} returned {len(data)} vectors for {len(chunk)} texts")
-            rows.extend(d.embedding for d in data)
+                status = getattr(exc, "status_code", None)
+                busy = isinstance(exc, openai.APIConnectionError) or (  # timeouts are connection errors too
+                    isinstance(status, int) and (status in (408, 429) or status >= 500)
+                )
+                raise EmbeddingError(
+                    f"embedding with {self.name} failed ({self._backend}): {exc}", transient=busy
+                ) from exc
+            rows.append(self._vectors(response, len(chunk)))
         if not rows:
             return np.zeros((0, self._dim or 0), dtype=np.float32)
-        out = normalize(np.asarray(rows, dtype=np.float32))
-        self._dim = out.shape[1]
+        out = normalize(np.concatenate(rows))
+        self._dim, self._dim_known = out.shape[1], True
         return out
+
+    def _vectors(self, response: Any, expected: int) -> NDArray[np.float32]:
+        """The ``(expected, dim)`` vectors of one answer, checked: one finite vector per text, all of one size.
+
+        Raises:
+            EmbeddingError: the answer is malformed (transient: a model answering garbage is the model's fault).
+        """
+
+        def malformed(why: str) -> EmbeddingError:
+            return EmbeddingError(
+                f"embedding with {self.name} failed ({self._backend}): the answer is malformed: {why}", transient=True
+            )
+
+        try:
+            data = sorted(response.data, key=lambda d: d.index)
+            if len(data) != expected:
+                raise malformed(f"{len(data)} vectors for {expected} texts")
+            matrix = np.asarray([d.embedding for d in data], dtype=np.float32)
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise malformed("the vectors are not lists of numbers of one length") from exc
+        if matrix.ndim != 2 or matrix.shape[1] == 0:
+            raise malformed("the vectors are not lists of numbers of one length")
+        if not np.isfinite(matrix).all():
+            raise malformed("a vector holds NaN or infinity")
+        if self._dim_known and matrix.shape[1] != self._dim:
+            raise malformed(f"{matrix.shape[1]}-d vectors where the model gave {self._dim}-d ones before")
+        return matrix
 
 
 def load_embedder(settings: EmbeddingSettings) -> Embedder:
@@ -201,5 +233,6 @@ def load_embedder(settings: EmbeddingSettings) -> Embedder:
             api_key=settings.openai_api_key,
             base_url=settings.openai_base_url,
             batch_size=settings.batch_size,
+            timeout_s=settings.timeout_s,
         )
     raise ValueError(f"EMBEDDINGS_BACKEND must be one of: local, openai (got {settings.backend!r})")

@@ -1,24 +1,47 @@
 """Errors raised by the memory layer.
 
-StorageError            root; carries ``detail``
+StorageError            root; carries ``detail`` and ``transient``
 ├── NotFoundError       no such conversation or speaker profile for this user
 ├── ConflictError       the change clashes with what is stored (a speaker name already taken)
 ├── EmbeddingError      the text embedding engine failed or could not be loaded
 ├── VectorIndexError    the vector index (local files or Pinecone) failed
-└── DeliveryError       a delivery sink (Letta) refused a change or could not be reached
+├── DeliveryError       a delivery sink (Letta) refused a change or could not be reached
+├── StorageFullError    the disk (or database) is full: nothing more is written until space is freed
+└── EncryptionError     a stored value cannot be decrypted: it was altered, or no key is loaded
+    └── MissingKeyError the value was encrypted with a key the keyring does not hold
 """
 
 from __future__ import annotations
 
-__all__ = ["ConflictError", "DeliveryError", "EmbeddingError", "NotFoundError", "StorageError", "VectorIndexError"]
+import errno
+import sqlite3
+
+__all__ = [
+    "ConflictError",
+    "DeliveryError",
+    "EmbeddingError",
+    "EncryptionError",
+    "MissingKeyError",
+    "NotFoundError",
+    "StorageError",
+    "StorageFullError",
+    "VectorIndexError",
+    "is_disk_full",
+]
 
 
 class StorageError(Exception):
-    """Root of memory-layer errors."""
+    """Root of memory-layer errors.
 
-    def __init__(self, detail: str) -> None:
+    ``transient`` marks a failure of the backend rather than of the request (unreachable, timed
+    out, overloaded, answering garbage): the same request may well succeed later, so the outbox
+    retries it for as long as that lasts instead of making it a dead letter.
+    """
+
+    def __init__(self, detail: str, *, transient: bool = False) -> None:
         super().__init__(detail)
         self.detail = detail
+        self.transient = transient
 
 
 class NotFoundError(StorageError):
@@ -39,3 +62,39 @@ class VectorIndexError(StorageError):
 
 class DeliveryError(StorageError):
     """A delivery sink refused a change or could not be reached; the outbox retries it later."""
+
+
+class StorageFullError(StorageError):
+    """The disk holding the data (or the database itself) is full; what was being written was not."""
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it wraps) says the disk or database is full.
+
+    Recognises ``OSError(ENOSPC)``/``EDQUOT``, SQLite's ``SQLITE_FULL`` ("database or disk is full") and
+    PostgreSQL's ``disk_full`` (SQLSTATE 53100), also behind SQLAlchemy's wrapper (``.orig``).
+    """
+    seen: BaseException | None = exc
+    for _ in range(4):
+        if seen is None:
+            return False
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if isinstance(seen, sqlite3.Error) and getattr(seen, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+            return True
+        if getattr(seen, "sqlstate", None) == "53100":
+            return True
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    return False
+
+
+class EncryptionError(StorageError):
+    """A stored value cannot be decrypted (it was altered, or moved from another column), or no key is loaded."""
+
+
+class MissingKeyError(EncryptionError):
+    """A stored value was encrypted with a key the loaded keyring does not hold (``key_id`` names it)."""
+
+    def __init__(self, detail: str, key_id: str) -> None:
+        super().__init__(detail)
+        self.key_id = key_id

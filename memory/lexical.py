@@ -8,6 +8,9 @@ there are. Words are cut and scored as SQLite FTS5 would with
 ``tokenize='porter unicode61 remove_diacritics 2'`` and ``bm25(turns_fts, 1.0, 0.5)``: lower
 case, accents removed, Porter stems; a word said counts twice a word of the speaker's name.
 The BM25 statistics are each user's own (FTS5 counted every user in the file).
+
+On disk each turn's text is encrypted (:mod:`memory.crypto`, the installed keyring); ids, speaker
+names and times are not. The inverted index in memory is plaintext.
 """
 
 from __future__ import annotations
@@ -20,12 +23,13 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from itertools import chain, pairwise
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import msgspec
 import numpy as np
 from numpy.typing import NDArray
 
+from memory.crypto import installed
 from memory.index import IndexHit
 from memory.sqlite_file import SqliteFile
 
@@ -34,7 +38,10 @@ if TYPE_CHECKING:
 
 from memory.porter import stem
 
-__all__ = ["LexicalIndex", "Turn", "lexical_query", "query_terms", "tokenize"]
+__all__ = ["TEXT_PLACE", "LexicalIndex", "Turn", "lexical_query", "query_terms", "tokenize"]
+
+TEXT_PLACE = "index/lexical.db:turns.text"
+"""Where a turn's text is encrypted for (the associated data of its ciphertext)."""
 
 T = TypeVar("T")
 
@@ -466,10 +473,14 @@ class LexicalIndex(SqliteFile):
         """The user's in-memory index, read from the file on first use (the caller holds the lock)."""
         shard = self._shards.get(uid)
         if shard is None:
-            rows = self._db.execute(
-                'SELECT turn_id, conversation_id, speaker, is_user, start, "end", text FROM turns WHERE uid = ?',
-                (uid,),
-            ).fetchall()
+            keys = installed()
+            rows = [
+                (*row[:6], keys.decrypt_text(row[6], TEXT_PLACE))
+                for row in self._db.execute(
+                    'SELECT turn_id, conversation_id, speaker, is_user, start, "end", text FROM turns WHERE uid = ?',
+                    (uid,),
+                )
+            ]
             shard = self._shards[uid] = _Shard.load(rows)
         return shard
 
@@ -491,7 +502,20 @@ class LexicalIndex(SqliteFile):
 
     def upsert_sync(self, turns: Sequence[Turn]) -> None:
         """:meth:`upsert` in the calling thread (the caller holds no lock)."""
-        rows = [(t.uid, t.turn_id, t.conversation_id, t.speaker, int(t.is_user), t.start, t.end, t.text) for t in turns]
+        keys = installed()
+        rows = [
+            (
+                t.uid,
+                t.turn_id,
+                t.conversation_id,
+                t.speaker,
+                int(t.is_user),
+                t.start,
+                t.end,
+                keys.encrypt_text(t.text, TEXT_PLACE),
+            )
+            for t in turns
+        ]
 
         def write() -> None:
             self._db.execute("BEGIN")
@@ -600,6 +624,83 @@ class LexicalIndex(SqliteFile):
             self._db.close()
 
         await self.run(close)
+
+
+class TurnSource(Protocol):
+    """Where a :class:`SharedLexicalIndex` reads turns: a store shared by every worker (the pgvector table)."""
+
+    async def version(self, uid: str) -> int:
+        """A number that changes whenever the user's turns change."""
+        ...
+
+    async def turns(self, uid: str) -> tuple[int, list[tuple[str, str, str, bool, float, float, str]]]:
+        """The user's version and all their turns."""
+        ...
+
+
+class SharedLexicalIndex:
+    """BM25 over turns that several workers write: the words are read from a shared ``source``.
+
+    The vector index (pgvector) already holds each turn's text, so writes here change nothing;
+    a search first asks the source for the user's version and reloads the user's in-memory
+    index when another write (by any worker) has moved it. The cost is one small query per
+    search, and a reload (about 0.1 s per 10k turns) after each change.
+    """
+
+    def __init__(self, source: TurnSource) -> None:
+        self.source = source
+        self._shards: dict[str, tuple[int, _Shard]] = {}
+        self._loading: dict[str, asyncio.Lock] = {}
+
+    async def _shard(self, uid: str) -> _Shard:
+        version = await self.source.version(uid)
+        cached = self._shards.get(uid)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        async with self._loading.setdefault(uid, asyncio.Lock()):
+            cached = self._shards.get(uid)
+            if cached is not None and cached[0] >= version:
+                return cached[1]
+            loaded, rows = await self.source.turns(uid)
+            shard = await asyncio.to_thread(_Shard.load, [(*r[:3], int(r[3]), *r[4:]) for r in rows])
+            self._shards[uid] = (loaded, shard)
+            return shard
+
+    async def upsert(self, turns: Sequence[Turn]) -> None:
+        """Nothing to do: the shared source holds the turns once the vector index has them."""
+
+    async def delete(self, uid: str, ids: Sequence[str] | None = None, conversation_id: str | None = None) -> None:
+        """Nothing to do: the next search sees the source's new version."""
+
+    async def speaker_name(self, uid: str, speaker: str) -> str | None:
+        """The stored spelling of the user's speaker ``speaker`` (compared without case), if any."""
+        return (await self._shard(uid)).speaker_name(speaker)
+
+    async def query(
+        self,
+        uid: str,
+        text: str,
+        *,
+        limit: int,
+        speaker: str | None = None,
+        conversation_id: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> list[IndexHit]:
+        """The user's best ``limit`` turns for the words of ``text``; ``score`` is BM25 (higher is better)."""
+        terms = query_terms(text)
+        if not terms:
+            return []
+        shard = await self._shard(uid)
+        return await asyncio.to_thread(shard.search, terms, limit, speaker, conversation_id, since, until)
+
+    async def count(self, uid: str) -> int:
+        """How many of the user's turns are indexed."""
+        return (await self._shard(uid)).live
+
+    async def close(self) -> None:
+        """Drop the in-memory indexes (the source is closed by its owner)."""
+        self._shards.clear()
 
 
 # --- Hybrid search ---------------------------------------------------------------------------

@@ -1,11 +1,17 @@
-"""SQLAlchemy tables. Times are UTC epoch seconds (floats) so SQLite and Postgres compare alike."""
+"""SQLAlchemy tables. Times are UTC epoch seconds (floats) so SQLite and Postgres compare alike.
+
+Columns holding what was said (segment text and translations, summaries) or a voice (profile
+embeddings) are encrypted at rest (:mod:`memory.encrypted`); names, ids and times are not.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, LargeBinary, String, Text, func, text
+from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text, func, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from memory.encrypted import EncryptedBytes, EncryptedJSON, EncryptedText
 
 __all__ = [
     "ApiTokenRow",
@@ -45,7 +51,7 @@ class ConversationRow(Base):
     last_speech_at: Mapped[float] = mapped_column(Float)
     timeout_s: Mapped[int] = mapped_column(Integer, default=120)
     discarded: Mapped[bool] = mapped_column(Boolean, default=False)
-    structured: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    structured: Mapped[dict[str, Any] | None] = mapped_column(EncryptedJSON("conversations.structured"), nullable=True)
     external_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     segments: Mapped[list[SegmentRow]] = relationship(
@@ -69,14 +75,14 @@ class SegmentRow(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"), index=True)
     position: Mapped[int] = mapped_column(Integer)
-    text: Mapped[str] = mapped_column(Text)
+    text: Mapped[str] = mapped_column(EncryptedText("segments.text"))
     speaker: Mapped[str] = mapped_column(String(32))
     speaker_id: Mapped[int] = mapped_column(Integer)
     is_user: Mapped[bool] = mapped_column(Boolean)
     person_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     start: Mapped[float] = mapped_column(Float)
     end: Mapped[float] = mapped_column(Float)
-    translations: Mapped[list[dict[str, str]]] = mapped_column(JSON, default=list)
+    translations: Mapped[list[dict[str, str]]] = mapped_column(EncryptedJSON("segments.translations"), default=list)
     speech_profile_processed: Mapped[bool] = mapped_column(Boolean, default=True)
     stt_provider: Mapped[str | None] = mapped_column(String(64), nullable=True)
     speaker_name: Mapped[str | None] = mapped_column(String(100), nullable=True)
@@ -99,7 +105,7 @@ class SpeakerProfileRow(Base):
     uid: Mapped[str] = mapped_column(String(128), index=True)
     name: Mapped[str] = mapped_column(String(100))
     is_user: Mapped[bool] = mapped_column(Boolean, default=False)
-    embedding: Mapped[bytes] = mapped_column(LargeBinary)
+    embedding: Mapped[bytes] = mapped_column(EncryptedBytes("speaker_profiles.embedding"))
     seconds: Mapped[float] = mapped_column(Float)
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
@@ -196,8 +202,10 @@ class DaySummaryRow(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     uid: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[float] = mapped_column(Float)
-    summary: Mapped[str] = mapped_column(Text)
-    summary_json: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    summary: Mapped[str] = mapped_column(EncryptedText("day_summaries.summary"))
+    summary_json: Mapped[dict[str, Any] | None] = mapped_column(
+        EncryptedJSON("day_summaries.summary_json"), nullable=True
+    )
     received_at: Mapped[float] = mapped_column(Float)
 
     __table_args__ = (Index("ix_day_summaries_uid_created_at", "uid", "created_at"),)

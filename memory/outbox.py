@@ -5,7 +5,9 @@ one record per configured sink, committed together with the change: if one is st
 other. Delivery takes the oldest pending record of each user and sink (:meth:`Outbox.heads`), so
 one user's records reach a sink in order, one at a time. A failed attempt is retried after an
 exponential backoff with jitter; after ``max_attempts`` the record is *dead* and no longer holds
-up the records behind it. Dead records are listed, retried or purged by hand.
+up the records behind it. Dead records are listed, retried or purged by hand. A failure that
+says the sink itself is unavailable (unreachable, timed out, overloaded) never makes a record
+dead: an outage of any length is waited out, with at most ``max_delay_s`` between tries.
 """
 
 from __future__ import annotations
@@ -119,13 +121,13 @@ class Outbox:
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
         self.policy = policy or RetryPolicy()
 
-    async def heads(self, sink: str, *, now: float, limit: int = 16) -> list[OutboxRecord]:
-        """For each user, their oldest pending record for ``sink`` if it is due: what to deliver next."""
-        oldest = (
-            select(func.min(OutboxRow.id))
-            .where(OutboxRow.sink == sink, OutboxRow.status == "pending")
-            .group_by(OutboxRow.uid)
-        )
+    async def heads(self, sink: str, *, now: float, limit: int = 16, uid: str | None = None) -> list[OutboxRecord]:
+        """For each user (or only ``uid``), their oldest pending record for ``sink`` if it is due: what to
+        deliver next."""
+        oldest = select(func.min(OutboxRow.id)).where(OutboxRow.sink == sink, OutboxRow.status == "pending")
+        if uid is not None:
+            oldest = oldest.where(OutboxRow.uid == uid)
+        oldest = oldest.group_by(OutboxRow.uid)
         query = (
             select(OutboxRow)
             .where(OutboxRow.id.in_(oldest), OutboxRow.next_attempt_at <= now)
@@ -164,8 +166,11 @@ class Outbox:
                 .values(status="done", updated_at=time.time() if now is None else now, last_error=None)
             )
 
-    async def fail(self, record_id: int, error: str, *, now: float | None = None) -> str:
-        """A delivery attempt failed: schedule the next one, or mark the record dead. Returns the status."""
+    async def fail(self, record_id: int, error: str, *, transient: bool = False, now: float | None = None) -> str:
+        """A delivery attempt failed: schedule the next one, or mark the record dead. Returns the status.
+
+        A ``transient`` failure (the sink was unavailable, not the record at fault) is always retried.
+        """
         stamp = time.time() if now is None else now
         async with self._sessions() as session, session.begin():
             row = await session.get(OutboxRow, record_id)
@@ -174,7 +179,7 @@ class Outbox:
             row.attempts += 1
             row.last_error = error[:2000]
             row.updated_at = stamp
-            if row.attempts >= self.policy.max_attempts:
+            if row.attempts >= self.policy.max_attempts and not transient:
                 row.status = "dead"
             else:
                 row.next_attempt_at = stamp + self.policy.delay(row.attempts)

@@ -29,7 +29,7 @@ from memory.index import IndexHit, IndexItem, VectorIndex
 if TYPE_CHECKING:
     from app.settings import EmbeddingSettings, VectorIndexSettings
 
-from memory.lexical import LexicalIndex, Turn, lexical_query, query_terms, tokenize
+from memory.lexical import LexicalIndex, SharedLexicalIndex, Turn, lexical_query, query_terms, tokenize
 
 __all__ = [
     "RRF_K",
@@ -72,7 +72,7 @@ class MemorySearch:
         self,
         embedder: Embedder | Callable[[], Embedder],
         index: VectorIndex,
-        lexical: LexicalIndex,
+        lexical: LexicalIndex | SharedLexicalIndex,
     ) -> None:
         self._embedder = embedder if isinstance(embedder, Embedder) else None
         self._factory = None if isinstance(embedder, Embedder) else embedder
@@ -146,11 +146,18 @@ class MemorySearch:
         await self.lexical.close()
 
 
-def open_search(embeddings: EmbeddingSettings, vector_index: VectorIndexSettings, data_dir: Path) -> MemorySearch:
+def open_search(
+    embeddings: EmbeddingSettings, vector_index: VectorIndexSettings, data_dir: Path, database_url: str = ""
+) -> MemorySearch:
     """Hybrid search as the settings choose it; the embedder loads on first use."""
     from memory.embeddings import load_embedder
     from memory.index import load_index
+    from memory.index.pgvector import PgVectorIndex
 
-    return MemorySearch(
-        lambda: load_embedder(embeddings), load_index(vector_index, data_dir), LexicalIndex(data_dir / "index")
-    )
+    index = load_index(vector_index, data_dir, database_url)
+    lexical: LexicalIndex | SharedLexicalIndex
+    if isinstance(index, PgVectorIndex):  # several workers may write it: the words come from its table
+        lexical = SharedLexicalIndex(index)
+    else:
+        lexical = LexicalIndex(data_dir / "index")
+    return MemorySearch(lambda: load_embedder(embeddings), index, lexical)

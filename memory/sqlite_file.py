@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
-from memory.errors import VectorIndexError
+from memory.errors import StorageFullError, VectorIndexError, is_disk_full
 
 __all__ = ["SqliteFile"]
 
@@ -34,12 +34,18 @@ class SqliteFile:
         """Call ``fn`` holding the connection (blocking).
 
         Raises:
-            VectorIndexError: SQLite failed; the message names the file.
+            StorageFullError: the disk holding the file is full.
+            VectorIndexError: SQLite failed otherwise; the message names the file.
         """
         with self._lock:
             try:
                 return fn(*args, **kwargs)
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, OSError) as exc:
+                if is_disk_full(exc):
+                    detail = f"the disk is full: the {self._label} at {self.path} could not be written"
+                    raise StorageFullError(detail) from exc
+                if isinstance(exc, OSError):
+                    raise
                 raise VectorIndexError(f"the {self._label} at {self.path} failed: {exc}") from exc
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:

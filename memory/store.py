@@ -7,19 +7,22 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import lazyload
 
 from ingest.segments import TranscriptSegment
-from memory.errors import ConflictError, NotFoundError
+from memory.errors import ConflictError, NotFoundError, StorageFullError, is_disk_full
 from memory.migrate import upgrade
 from memory.models import ConversationRow, SegmentRow
 from memory.outbox import enqueue
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import ExceptionContext
 
 __all__ = ["DEFAULT_STRUCTURED", "Conversation", "ConversationStore", "iso"]
 
@@ -150,6 +153,14 @@ async def _owned(session: AsyncSession, uid: str, conversation_id: str) -> Conve
     return row
 
 
+def _disk_full(context: ExceptionContext) -> None:
+    """An engine's ``handle_error`` hook: a full disk or database becomes :class:`StorageFullError`."""
+    if is_disk_full(context.original_exception):
+        raise StorageFullError(
+            f"the disk is full: the database could not be written ({context.original_exception})"
+        ) from context.original_exception
+
+
 class ConversationStore:
     """Reads and writes conversations. Every write is committed before the call returns."""
 
@@ -173,6 +184,8 @@ class ConversationStore:
         if parsed.drivername.startswith("sqlite"):
             connect_args["timeout"] = 30
         engine = create_async_engine(url, connect_args=connect_args)
+        # Every store over this engine (outbox, ledger, audit, speakers) then fails the same clear way.
+        event.listen(engine.sync_engine, "handle_error", _disk_full)
         return cls(engine, sinks=sinks)
 
     @property
@@ -282,8 +295,9 @@ class ConversationStore:
         Returns the completed conversation, or None if it was empty or already gone.
         """
         async with self._session() as session, session.begin():
-            row = await session.get(ConversationRow, conversation_id)
-            if row is None:
+            # Locked (PostgreSQL): when two workers close it at once, the second sees it completed.
+            row = await session.get(ConversationRow, conversation_id, with_for_update=True)
+            if row is None or row.status != "in_progress":
                 return None
             if not row.segments:
                 await session.delete(row)

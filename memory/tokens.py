@@ -61,11 +61,16 @@ class TokenStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
 
-    async def create(self, uid: str, name: str = "") -> tuple[str, ApiToken]:
-        """A new token for ``uid``: the token (shown once) and how it is listed."""
+    async def create(self, uid: str, name: str = "", *, token: str | None = None) -> tuple[str, ApiToken]:
+        """A new token for ``uid``: the token (shown once) and how it is listed.
+
+        ``token`` sets its value (one the service derives itself); by default it is random.
+        """
         if not uid:
             raise ValueError("a token needs a uid")
-        token = PREFIX + secrets.token_urlsafe(24)
+        if token is not None and (not token.startswith(PREFIX) or len(token) < 24):
+            raise ValueError(f"a token starts with {PREFIX} and has at least 24 characters")
+        token = token or PREFIX + secrets.token_urlsafe(24)
         row = ApiTokenRow(
             id=str(uuid.uuid4()),
             uid=uid,

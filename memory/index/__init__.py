@@ -13,8 +13,11 @@ if TYPE_CHECKING:
 __all__ = ["IndexHit", "IndexItem", "VectorIndex", "load_index"]
 
 
-def load_index(settings: VectorIndexSettings, data_dir: Path) -> VectorIndex:
-    """Construct the index named by ``VECTOR_INDEX``; the local one lives in ``data_dir/index``."""
+def load_index(settings: VectorIndexSettings, data_dir: Path, database_url: str = "") -> VectorIndex:
+    """Construct the index named by ``VECTOR_INDEX``; the local one lives in ``data_dir/index``.
+
+    ``pgvector`` uses PGVECTOR_URL, else ``database_url`` (the store's database).
+    """
     if settings.backend == "local":
         from memory.index.local import LocalVectorIndex
 
@@ -25,4 +28,13 @@ def load_index(settings: VectorIndexSettings, data_dir: Path) -> VectorIndex:
         return PineconeIndex(
             api_key=settings.pinecone_api_key, host=settings.pinecone_host, index_name=settings.pinecone_index
         )
-    raise ValueError(f"VECTOR_INDEX must be one of: local, pinecone (got {settings.backend!r})")
+    if settings.backend == "pgvector":
+        from memory.index.pgvector import PgVectorIndex
+
+        url = settings.pgvector_url or database_url
+        if not url.startswith("postgresql+asyncpg://"):
+            raise ValueError(
+                "VECTOR_INDEX=pgvector needs PostgreSQL: set PGVECTOR_URL or a postgresql+asyncpg:// DATABASE_URL"
+            )
+        return PgVectorIndex(url)
+    raise ValueError(f"VECTOR_INDEX must be one of: local, pinecone, pgvector (got {settings.backend!r})")

@@ -17,25 +17,25 @@ the outbox does, after the check above.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
-import os
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
 from letta_client import APIConnectionError, APIError, APIStatusError, APITimeoutError, AsyncLetta
 from letta_client import NotFoundError as LettaNotFound
 
+from memory.crypto import installed
 from memory.delivery import Delivery, Sink
 from memory.errors import DeliveryError
 from memory.sinks.ledger import Ledger
 from memory.sinks.letta_tool import SECRET_TOKEN, SECRET_URL, SOURCE
 from memory.sinks.passages import PassageGroup, group_turns, recent_block, summary_line
-from memory.tokens import TokenStore
+from memory.tokens import PREFIX, TokenStore
 
 if TYPE_CHECKING:
     from app.settings import Settings
@@ -128,15 +128,19 @@ class AgentSpec:
 
 @contextlib.asynccontextmanager
 async def _letta(operation: str) -> AsyncIterator[None]:
-    """Translate letta-client errors to :class:`DeliveryError` (status and operation only: no transcript text)."""
+    """Translate letta-client errors to :class:`DeliveryError` (status and operation only: no transcript text).
+
+    Letta being down, slow or overloaded (no connection, a timeout, 408, 429 or 5xx) is ``transient``.
+    """
     try:
         yield
     except APIStatusError as exc:
-        raise DeliveryError(f"Letta answered {exc.status_code} to {operation}") from exc
+        busy = exc.status_code in (408, 429) or exc.status_code >= 500
+        raise DeliveryError(f"Letta answered {exc.status_code} to {operation}", transient=busy) from exc
     except APITimeoutError as exc:
-        raise DeliveryError(f"Letta did not answer {operation} in time") from exc
+        raise DeliveryError(f"Letta did not answer {operation} in time", transient=True) from exc
     except APIConnectionError as exc:
-        raise DeliveryError(f"Letta is unreachable ({operation})") from exc
+        raise DeliveryError(f"Letta is unreachable ({operation})", transient=True) from exc
     except APIError as exc:
         raise DeliveryError(f"Letta failed {operation}: {type(exc).__name__}") from exc
 
@@ -165,7 +169,6 @@ class LettaSink(Sink):
         stale_s: float = 60.0,
         watch_s: float = 3600.0,
         memory_tools: str = "mcp",
-        state_dir: Path | None = None,
     ) -> None:
         self.client = client
         self.store = store
@@ -181,7 +184,6 @@ class LettaSink(Sink):
         self._tool_ids: list[str] | None = None
         self._tools_lock = asyncio.Lock()
         self._provider_ready = False
-        self.state_dir = state_dir  # keeps the token Letta lists our MCP tools with
         self._tokens = TokenStore(store.engine)
         self._configured = dict(agents or {})
         self._agents: dict[str, str] = {}
@@ -211,7 +213,6 @@ class LettaSink(Sink):
             notify_on_close=letta.notify_on_close,
             stale_s=2 * letta.timeout_s,
             memory_tools=letta.memory_tools,
-            state_dir=settings.server.data_dir,
         )
 
     async def close(self) -> None:
@@ -373,21 +374,15 @@ class LettaSink(Sink):
         return ids
 
     async def _listing_token(self) -> str:
-        """The API token of :data:`TOOLS_UID`, kept in ``state_dir`` so a restart does not change it."""
-        path = self.state_dir / "letta-tools.token" if self.state_dir else None
-        if path is not None and path.is_file():
-            token = path.read_text().strip()
-            if await self._tokens.resolve(token) == TOOLS_UID:
-                return token
-        token, made = await self._tokens.create(TOOLS_UID, "Letta: listing the MCP tools")
+        """The API token of :data:`TOOLS_UID`, derived from the encryption key: every worker of a
+        deployment (and every restart) computes the same one, so they register the MCP server alike."""
+        token = PREFIX + base64.urlsafe_b64encode(installed().derive(b"omi-letta letta-tools token")).decode()[:32]
+        if await self._tokens.resolve(token) == TOOLS_UID:
+            return token
+        _, made = await self._tokens.create(TOOLS_UID, "Letta: listing the MCP tools", token=token)
         for old in await self._tokens.list(TOOLS_UID):
-            if old.id != made.id and old.revoked_at is None:
+            if old.hint != made.hint and old.revoked_at is None:  # from an earlier key
                 await self._tokens.revoke(old.id)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as out:
-                out.write(token)
         return token
 
     async def _memory_secrets(self, uid: str) -> dict[str, str]:
@@ -438,14 +433,18 @@ class LettaSink(Sink):
             if pending:
                 young = [k for k in pending if time.time() - known[k].updated_at < self.stale_s]
                 if young:
-                    raise DeliveryError(f"{len(young)} passage(s) of a conversation may still be in flight; retrying")
+                    raise DeliveryError(
+                        f"{len(young)} passage(s) of a conversation may still be in flight; retrying", transient=True
+                    )
                 stored.update(await self._settle(agent, uid, cid, pending))
             missing[cid] = [g for k, g in desired.items() if k not in stored]
             stale.update({k: pid for k, pid in stored.items() if k not in desired})
         claims = {cid: [g.key for g in groups] for cid, groups in missing.items() if groups}
         if claims:
             if not await self.ledger.claim_many(uid=uid, agent_id=agent, keys=claims):
-                raise DeliveryError("another process is inserting passages of this conversation; retrying")
+                raise DeliveryError(
+                    "another process is inserting passages of this conversation; retrying", transient=True
+                )
             try:
                 inserted = await self._insert(agent, [g for groups in missing.values() for g in groups])
             except DeliveryError as exc:
@@ -565,8 +564,9 @@ class LettaSink(Sink):
         return None
 
     async def _delete_passage(self, agent: str, passage_id: str) -> None:
-        with contextlib.suppress(LettaNotFound):
-            async with _letta("deleting a passage"):
+        """Delete a passage; one already gone (deleted before the ledger could forget it) is fine."""
+        async with _letta("deleting a passage"):
+            with contextlib.suppress(LettaNotFound):  # inside: `_letta` would make it a DeliveryError
                 await self.client.agents.passages.delete(passage_id, agent_id=agent)
 
     async def _sweep(self, agent: str, conversation_id: str) -> None:

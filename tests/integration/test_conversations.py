@@ -159,7 +159,8 @@ def test_health_metrics_and_api_docs(server: ServerProcess):
     import httpx
 
     assert httpx.get(f"{server.http}/health").json()["status"] == "ok"
-    assert "omi_letta_streams_total" in httpx.get(f"{server.http}/metrics").text
+    assert "omi_letta_streams_total" in server.metrics_text()
+    assert httpx.get(f"{server.http}/metrics").status_code == 401  # the operator's, not anyone's
     for path in ("/docs", "/redoc"):
         page = httpx.get(f"{server.http}{path}")
         assert page.status_code == 200 and "<html" in page.text.lower(), path

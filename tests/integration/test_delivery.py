@@ -18,7 +18,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from letta_client import Letta
 
@@ -88,7 +87,7 @@ def passages_of(client: Letta, agent: str) -> list[Any]:
 
 def pending(server: ServerProcess) -> float:
     """Records waiting for either sink, from the outbox gauges (which must be there)."""
-    text = httpx.get(f"{server.http}/metrics", timeout=10).text
+    text = server.metrics_text()
     values = [re.search(rf"^omi_letta_outbox_pending_{sink} (\S+)$", text, re.M) for sink in ("letta", "index")]
     assert all(values), "the outbox gauges are missing from /metrics"
     return sum(float(v.group(1)) for v in values if v)

@@ -11,7 +11,7 @@ from app.doctor import check_all, report
 from app.letta_local import LocalLetta
 from app.settings import load_settings
 from tests.llm_standin import ScriptedLlm
-from tests.support import ROOT
+from tests.support import ROOT, RedisServer, free_port
 
 
 def doctor(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -72,3 +72,23 @@ def test_doctor_reaches_letta_and_the_model_with_their_credentials(tmp_path, let
     gone = load_settings({"DATA_DIR": str(tmp_path), "LLM_BASE_URL": "http://127.0.0.1:9/v1"}, env_file=None)
     text, ok = report(gone, asyncio.run(check_all(gone)))
     assert not ok and "start Ollama, or set LLM_BASE_URL" in text
+
+
+def test_doctor_checks_redis_and_pgvector_of_several_workers(tmp_path):
+    redis = RedisServer(tmp_path / "redis").start()
+    try:
+        env = {
+            "DATA_DIR": str(tmp_path),
+            "LETTA_DELIVERY": "false",
+            "REDIS_URL": redis.url,
+            "VECTOR_INDEX": "pgvector",
+            "PGVECTOR_URL": f"postgresql+asyncpg://nobody@127.0.0.1:{free_port()}/none",
+        }
+        checked = dict((f.backend, c) for f, c in asyncio.run(check_all(load_settings(env, env_file=None))))
+        assert checked["shared state: Redis"].ok is True
+        assert checked["vector index: pgvector"].ok is False
+        assert "cannot connect" in checked["vector index: pgvector"].detail
+    finally:
+        redis.stop()
+    gone = dict((f.backend, c) for f, c in asyncio.run(check_all(load_settings(env, env_file=None))))
+    assert gone["shared state: Redis"].ok is False and "cannot connect" in gone["shared state: Redis"].detail

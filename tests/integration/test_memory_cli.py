@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from app.cli import main
+from app.keys import unlock
+from app.settings import load_settings
 from ingest.segments import TranscriptSegment
 from memory.outbox import Outbox
 from memory.store import ConversationStore
@@ -28,6 +30,7 @@ def store_sample(data_dir: Path, uid: str, *, sinks: tuple[str, ...] = ()) -> st
         store = await ConversationStore.open(
             f"sqlite+aiosqlite:///{(data_dir / 'omi-letta.db').resolve()}", sinks=sinks
         )
+        await unlock(load_settings(), store.engine)  # the data directory's key, which the commands load too
         segments = [
             TranscriptSegment(text=text, start=3.0 * i, end=3.0 * i + 2.5, speaker_name=who)
             for i, (who, text) in enumerate(zip(SAMPLE_SPEAKERS, SAMPLE_LINES, strict=True))

@@ -114,7 +114,7 @@ def test_enroll_refuses_what_is_not_one_voice(server: ServerProcess, recordings:
     too_big = ("huge.wav", bytes(51 * 2**20))
     huge = call(server, "POST", "/v1/speakers/enroll", uid, files={"file": too_big}, data={"me": "1"})
     assert huge.status_code == 413
-    assert huge.json()["detail"] == "the request body is larger than the 50 MB this route accepts"
+    assert huge.json()["detail"] == "the request body is larger than the 50 MiB this route accepts"
     assert call(server, "GET", "/v1/speakers", uid).json()["items"] == []
 
 

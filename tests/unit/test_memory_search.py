@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 import memory.lexical
+from memory.crypto import installed
 from memory.index import IndexHit
 from memory.index.local import LocalVectorIndex
 from memory.search import LexicalIndex, MemorySearch, Turn, fuse, lexical_query, query_terms, tokenize
@@ -306,9 +307,9 @@ async def test_query_in_the_event_loop_or_a_worker_thread_gives_the_same_hits(
 async def test_writes_are_on_disk_before_they_return(lexical: LexicalIndex):
     await lexical.upsert([turn("t1", "the dentist moved my appointment")])
     with sqlite3.connect(lexical.path) as other:
-        assert other.execute("SELECT text FROM turns WHERE uid = 'alice'").fetchall() == [
-            ("the dentist moved my appointment",)
-        ]
+        [(stored,)] = other.execute("SELECT text FROM turns WHERE uid = 'alice'").fetchall()
+    assert "dentist" not in stored, "the text is encrypted on disk"
+    assert installed().decrypt_text(stored, memory.lexical.TEXT_PLACE) == "the dentist moved my appointment"
 
 
 async def test_a_file_with_the_old_fts5_table_is_upgraded(tmp_path: Path):

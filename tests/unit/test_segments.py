@@ -53,4 +53,5 @@ def test_conversation_timeout_follows_the_omi_rules():
     assert clamp_timeout(-1, default=120, minimum=120) == 14_400
     assert clamp_timeout(30, default=120, minimum=120) == 120
     assert clamp_timeout(600, default=120, minimum=120) == 600
+    assert clamp_timeout(10**30, default=120, minimum=120) == 14_400  # fits the database, as OMI's docs say
     assert clamp_timeout(3, default=120, minimum=2) == 3

@@ -102,6 +102,11 @@ CLOUD = {
     ),
     "Deepgram": ({"STT_BACKEND": "deepgram", "DEEPGRAM_API_KEY": "dg"}, "STT_BACKEND=deepgram"),
     "Postgres elsewhere": ({"DATABASE_URL": "postgresql+asyncpg://u:secret@db.example.com/omi"}, "DATABASE_URL="),
+    "Redis elsewhere": ({"REDIS_URL": "redis://:secret@cache.example.com:6379/0"}, "REDIS_URL="),
+    "pgvector elsewhere": (
+        {"VECTOR_INDEX": "pgvector", "PGVECTOR_URL": "postgresql+asyncpg://u:secret@db.example.com/omi"},
+        "VECTOR_INDEX=pgvector",
+    ),
 }
 
 
@@ -124,6 +129,8 @@ def test_local_privacy_refuses_every_backend_that_sends_data_elsewhere(env: dict
         {"EMBEDDINGS_BACKEND": "openai", "OPENAI_API_KEY": "k", "OPENAI_BASE_URL": "http://127.0.0.1:9/v1"},
         {"VECTOR_INDEX": "pinecone", "PINECONE_API_KEY": "pc", "PINECONE_HOST": "http://127.0.0.1:5080"},
         {"DATABASE_URL": "postgresql+asyncpg://u:p@127.0.0.1:5432/omi"},
+        {"DATABASE_URL": "postgresql+asyncpg://u:p@127.0.0.1:5432/omi", "VECTOR_INDEX": "pgvector"},
+        {"REDIS_URL": "redis://127.0.0.1:6379/0"},
     ],
 )
 def test_local_privacy_allows_backends_on_this_machine(env: dict[str, str]):

@@ -14,6 +14,7 @@ from app.settings import SettingsError, VectorIndexSettings, load_settings
 from memory.errors import VectorIndexError
 from memory.index import IndexItem, VectorIndex, load_index
 from memory.index.local import LocalVectorIndex
+from memory.index.pgvector import PgVectorIndex
 from memory.index.pinecone import PineconeIndex
 from tests.memory_support import FakePinecone
 
@@ -45,10 +46,16 @@ def pinecone_server() -> Iterator[FakePinecone]:
         yield server
 
 
-@pytest.fixture(params=["local", "pinecone"])
+@pytest.fixture(params=["local", "pinecone", "pgvector"])
 async def index(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[VectorIndex]:
     if request.param == "local":
         backend: VectorIndex = LocalVectorIndex(tmp_path / "index")
+    elif request.param == "pgvector":
+        url: str = request.getfixturevalue("postgres_url")
+        backend = load_index(VectorIndexSettings(backend="pgvector"), tmp_path, url)
+        assert isinstance(backend, PgVectorIndex)
+        for uid in ("alice", "bob", "eve"):  # the database outlives one test
+            await backend.delete(uid)
     else:
         server: FakePinecone = request.getfixturevalue("pinecone_server")
         server.namespaces.clear()
