@@ -60,7 +60,7 @@ unit: install ## only the fast tests
 	$(BIN)/pytest -q tests/unit
 
 # Test files run on TEST_WORKERS processes (pytest-xdist), a file's tests together on one.
-TEST_WORKERS ?= 2
+TEST_WORKERS ?= 3
 
 test: lint typecheck ## lint, type-check and run every test
 	$(BIN)/pytest -q -ra -n $(TEST_WORKERS) --dist loadfile --durations=10
