@@ -512,6 +512,41 @@ MEMORY_T0 = 1_761_645_720.0  # when the first synthetic turn starts (epoch s); o
 TURNS_PER_CONVERSATION = 40
 
 
+def store_synthetic(env: dict[str, str], uid: str, conversations: int, per: int) -> int:
+    """Store conversations of synthetic turns (nothing queued) in the database the settings ``env`` name
+    (``DATA_DIR`` for SQLite, or ``DATABASE_URL``), with its encryption key; returns the turn count."""
+    from app.keys import unlock
+    from app.settings import load_settings
+    from ingest.segments import TranscriptSegment
+    from memory.store import ConversationStore
+
+    async def run() -> int:
+        settings = load_settings(env, env_file=None)
+        store = await ConversationStore.open(settings.database_url)
+        await unlock(settings, store.engine)
+        t0 = time.time() - 86_400 * conversations
+        for c in range(conversations):
+            segments = [
+                TranscriptSegment(
+                    text=SENTENCES[(c * per + i) % len(SENTENCES)],
+                    speaker=f"SPEAKER_{i % 2}",
+                    speaker_id=i % 2,
+                    is_user=i % 2 == 0,
+                    start=4.0 * i,
+                    end=4.0 * i + 3.0,
+                    speaker_name="me" if i % 2 == 0 else "Speaker 1",
+                )
+                for i in range(per)
+            ]
+            await store.add_completed(
+                uid=uid, source="omi", language="en", started_at=t0 + 86_400 * c, segments=segments, now=time.time()
+            )
+        await store.close()
+        return conversations * per
+
+    return asyncio.run(run())
+
+
 def memory_sentences(count: int, seed: int = 1) -> list[str]:
     """``count`` distinct sentences about people, places, days and errands, from :data:`TEMPLATES`."""
     rng = random.Random(seed)

@@ -40,7 +40,6 @@ if __package__ in (None, ""):
 from bench._common import (
     ADMIN_KEY,
     BIN,
-    SENTENCES,
     VOICES,
     WARMUP_SENTENCE,
     Server,
@@ -50,6 +49,7 @@ from bench._common import (
     print_machine,
     require_tools,
     save_json,
+    store_synthetic,
     stream_packets,
     summary,
     synth_many,
@@ -88,40 +88,6 @@ def create_database(admin_url: str, name: str) -> str:
 
     asyncio.run(run())
     return admin_url.rsplit("/", 1)[0] + f"/{name}"
-
-
-def store_synthetic(env: dict[str, str], uid: str, conversations: int, per: int) -> int:
-    """Store conversations of synthetic turns in the shared database (nothing queued); the turn count."""
-    from app.keys import unlock
-    from app.settings import load_settings
-    from ingest.segments import TranscriptSegment
-    from memory.store import ConversationStore
-
-    async def run() -> int:
-        settings = load_settings(env, env_file=None)
-        store = await ConversationStore.open(settings.database_url)
-        await unlock(settings, store.engine)
-        t0 = time.time() - 86_400 * conversations
-        for c in range(conversations):
-            segments = [
-                TranscriptSegment(
-                    text=SENTENCES[(c * per + i) % len(SENTENCES)],
-                    speaker=f"SPEAKER_{i % 2}",
-                    speaker_id=i % 2,
-                    is_user=i % 2 == 0,
-                    start=4.0 * i,
-                    end=4.0 * i + 3.0,
-                    speaker_name="me" if i % 2 == 0 else "Speaker 1",
-                )
-                for i in range(per)
-            ]
-            await store.add_completed(
-                uid=uid, source="omi", language="en", started_at=t0 + 86_400 * c, segments=segments, now=time.time()
-            )
-        await store.close()
-        return conversations * per
-
-    return asyncio.run(run())
 
 
 def sum_metric(servers: list[Server], name: str) -> float:

@@ -35,7 +35,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import ADMIN_KEY, BIN, SENTENCES, Server, free_port, pct, print_machine, table
+from bench._common import ADMIN_KEY, BIN, SENTENCES, Server, free_port, pct, print_machine, store_synthetic, table
 
 VOICES = ("en-us", "en-us+f3")
 
@@ -143,45 +143,12 @@ async def latency(base_url: str, turns: int, folder: Path) -> dict[str, list[flo
     return {"ours": lags, "direct": direct, "server": server_p}
 
 
-def store_synthetic(data_dir: Path, uid: str, conversations: int, per: int) -> int:
-    """Store conversations of synthetic turns (nothing queued); returns the turn count."""
-    from app.keys import unlock
-    from app.settings import load_settings
-    from ingest.segments import TranscriptSegment
-    from memory.store import ConversationStore
-
-    async def run() -> int:
-        store = await ConversationStore.open(f"sqlite+aiosqlite:///{data_dir / 'omi-letta.db'}")
-        await unlock(load_settings({"DATA_DIR": str(data_dir)}, env_file=None), store.engine)  # the server's key
-        t0 = time.time() - 86_400 * conversations
-        for c in range(conversations):
-            segments = [
-                TranscriptSegment(
-                    text=SENTENCES[(c * per + i) % len(SENTENCES)],
-                    speaker=f"SPEAKER_{i % 2}",
-                    speaker_id=i % 2,
-                    is_user=i % 2 == 0,
-                    start=4.0 * i,
-                    end=4.0 * i + 3.0,
-                    speaker_name="me" if i % 2 == 0 else "Speaker 1",
-                )
-                for i in range(per)
-            ]
-            await store.add_completed(
-                uid=uid, source="omi", language="en", started_at=t0 + 86_400 * c, segments=segments, now=time.time()
-            )
-        await store.close()
-        return conversations * per
-
-    return asyncio.run(run())
-
-
 def backfill(base_url: str, conversations: int, per: int, baseline_turns: int) -> dict[str, float]:
     from letta_client import Letta
 
     with Server({"LETTA_BASE_URL": base_url, "LETTA_DELIVERY": "true"}) as server:
         uid = f"backfill-{uuid.uuid4().hex[:8]}"
-        turns = store_synthetic(server.data_dir, uid, conversations, per)
+        turns = store_synthetic({"DATA_DIR": str(server.data_dir)}, uid, conversations, per)
         env = {**os.environ, "DATA_DIR": str(server.data_dir), "ADMIN_KEY": ADMIN_KEY, "LETTA_BASE_URL": base_url}
         env["PORT"] = str(server.port)
         started = time.monotonic()

@@ -290,33 +290,13 @@ def pending(http: str) -> float | None:
     return sum(float(v) for v in found) if len(found) == 2 else None
 
 
-async def chat(http: str, bearer: str, message: str) -> list[tuple[str, dict[str, Any]]]:
-    """POST /v1/chat and read the whole event stream: ``[(event, data), ...]``."""
-    events: list[tuple[str, dict[str, Any]]] = []
-    headers = {"Authorization": f"Bearer {bearer}"}
-    async with (
-        httpx.AsyncClient(timeout=180) as client,
-        client.stream("POST", f"{http}/v1/chat", json={"message": message}, headers=headers) as response,
-    ):
-        if response.status_code != 200:
-            await response.aread()
-            raise CheckFailedError(f"POST /v1/chat answered {response.status_code}")
-        name = ""
-        async for line in response.aiter_lines():
-            if line.startswith("event:"):
-                name = line[6:].strip()
-            elif line.startswith("data:"):
-                events.append((name, json.loads(line[5:])))
-    return events
-
-
 def pipeline(out: Path, summary: Summary, logs: Logs) -> None:
     """Ingest, deliver to Letta, search and chat, asserting each; ``logs`` gets the log files of each part."""
     from letta_client import Letta
 
     from app.simulate import simulate
     from tests.llm_standin import ScriptedLlm
-    from tests.support import ServerProcess, free_port, synthesize, token
+    from tests.support import ServerProcess, chat_events, free_port, synthesize, token
 
     def step(line: str) -> None:
         summary.steps.append(line)
@@ -378,7 +358,7 @@ def pipeline(out: Path, summary: Summary, logs: Logs) -> None:
                     raise CheckFailedError(f"GET /v1/memory/search did not rank the {WORD} turn first")
                 step(f"GET /v1/memory/search found the turn first among {len(hits)} hits")
 
-                events = asyncio.run(chat(server.http, token(uid), QUESTION))
+                events = asyncio.run(chat_events(server.http, token(uid), QUESTION))
                 kinds = [e for e, _ in events]
                 calls = [d["name"] for e, d in events if e == "tool_call"]
                 returns = [d["text"] for e, d in events if e == "tool_return"]

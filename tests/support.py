@@ -233,6 +233,31 @@ class TempPostgres:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+async def chat_events(http: str, bearer: str, message: str) -> list[tuple[str, dict[str, Any]]]:
+    """``POST /v1/chat`` at ``http`` and read the whole event stream: ``[(event, data), ...]``.
+
+    Raises:
+        AssertionError: the answer is not a 200 event stream.
+    """
+    events: list[tuple[str, dict[str, Any]]] = []
+    headers = {"Authorization": f"Bearer {bearer}"}
+    async with (
+        httpx.AsyncClient(timeout=180) as client,
+        client.stream("POST", f"{http}/v1/chat", json={"message": message}, headers=headers) as response,
+    ):
+        if response.status_code != 200:
+            await response.aread()
+            raise AssertionError(f"POST /v1/chat answered {response.status_code}: {response.text}")
+        assert response.headers["content-type"].startswith("text/event-stream")
+        name = ""
+        async for line in response.aiter_lines():
+            if line.startswith("event:"):
+                name = line[6:].strip()
+            elif line.startswith("data:"):
+                events.append((name, json.loads(line[5:])))
+    return events
+
+
 class RedisServer:
     """A real ``redis-server`` on a free localhost port, without persistence (a restart starts it empty)."""
 

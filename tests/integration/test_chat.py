@@ -22,30 +22,14 @@ from app.letta_local import LocalLetta
 from app.simulate import simulate
 from tests.integration.test_delivery import SAMPLE, conversations, serve, wait_drained
 from tests.llm_standin import ScriptedLlm
-from tests.support import ServerProcess, token
+from tests.support import ServerProcess, chat_events, token
 
 KEY = "sk-standin-0001"
 
 
 async def chat(server: ServerProcess, uid: str, message: str) -> list[tuple[str, dict[str, Any]]]:
-    """POST /v1/chat and read the whole event stream: ``[(event, data), ...]``."""
-    events: list[tuple[str, dict[str, Any]]] = []
-    headers = {"Authorization": f"Bearer {token(uid)}"}
-    async with (
-        httpx.AsyncClient(timeout=180) as http,
-        http.stream("POST", f"{server.http}/v1/chat", json={"message": message}, headers=headers) as response,
-    ):
-        if response.status_code != 200:
-            await response.aread()
-            raise AssertionError(f"chat answered {response.status_code}: {response.text}")
-        assert response.headers["content-type"].startswith("text/event-stream")
-        name = ""
-        async for line in response.aiter_lines():
-            if line.startswith("event:"):
-                name = line[6:].strip()
-            elif line.startswith("data:"):
-                events.append((name, json.loads(line[5:])))
-    return events
+    """POST /v1/chat as ``uid`` and read the whole event stream."""
+    return await chat_events(server.http, token(uid), message)
 
 
 async def test_asked_where_diane_is_from_the_agent_searches_through_our_mcp_server(

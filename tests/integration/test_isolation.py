@@ -41,7 +41,7 @@ from tests.integration.test_delivery import agent_of, serve, wait_drained
 from tests.integration.test_live import listening
 from tests.integration.test_webhooks import MEMORY, api_token, post_hook, realtime_segment
 from tests.llm_standin import ScriptedLlm
-from tests.support import ServerProcess, have_espeak, speak, token
+from tests.support import ServerProcess, chat_events, have_espeak, speak, token
 
 ALICE, BOB = "iso-alice", "iso-bob"
 SECRET = "The spare key to the clinic is under the blue heron statue by the marmalade shop."
@@ -519,26 +519,6 @@ async def test_alice_has_everything_afterwards_and_the_public_routes_hold_nothin
 LLM_KEY = "sk-standin-0001"
 
 
-async def _chat(server: ServerProcess, bearer: str, message: str) -> list[tuple[str, dict[str, Any]]]:
-    events: list[tuple[str, dict[str, Any]]] = []
-    async with (
-        httpx.AsyncClient(timeout=180) as http,
-        http.stream(
-            "POST", f"{server.http}/v1/chat", json={"message": message}, headers={"Authorization": f"Bearer {bearer}"}
-        ) as response,
-    ):
-        if response.status_code != 200:
-            await response.aread()
-            raise AssertionError(f"chat answered {response.status_code}: {response.text}")
-        name = ""
-        async for line in response.aiter_lines():
-            if line.startswith("event:"):
-                name = line[6:].strip()
-            elif line.startswith("data:"):
-                events.append((name, json.loads(line[5:])))
-    return events
-
-
 async def test_bobs_chat_reaches_bobs_agent_and_none_of_alices_memory(tmp_path: Path, letta: LocalLetta) -> None:
     alice, bob = f"chat-alice-{uuid.uuid4().hex[:6]}", f"chat-bob-{uuid.uuid4().hex[:6]}"
     with ScriptedLlm(api_key=LLM_KEY) as llm:
@@ -549,12 +529,12 @@ async def test_bobs_chat_reaches_bobs_agent_and_none_of_alices_memory(tmp_path: 
             assert stored.status_code == 200, stored.text
             wait_drained(server)
 
-            hers = await _chat(server, token(alice), QUERY)
+            hers = await chat_events(server.http, token(alice), QUERY)
             found = "".join(d["text"] for e, d in hers if e == "tool_return")
             assert "heron" in found, hers  # the tool finds it for her
 
             question = f"Bob asks: where is the {QUERY}?"
-            his = await _chat(server, token(bob), question)
+            his = await chat_events(server.http, token(bob), question)
             returns = [d for e, d in his if e == "tool_return"]
             answer = "".join(d["text"] for e, d in his if e == "assistant")
             assert returns and all(r["text"].startswith("Nothing in memory matches") for r in returns), returns
