@@ -90,6 +90,19 @@ def create_database(admin_url: str, name: str) -> str:
     return admin_url.rsplit("/", 1)[0] + f"/{name}"
 
 
+def redis_stats(url: str) -> dict[str, float]:
+    """Commands Redis has processed so far, and the memory it uses."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        stats: Any = client.info("stats")
+        memory: Any = client.info("memory")
+    finally:
+        client.close()
+    return {"commands": float(stats["total_commands_processed"]), "memory": float(memory["used_memory"])}
+
+
 def sum_metric(servers: list[Server], name: str) -> float:
     return sum(s.metrics().get(f"omi_letta_{name}", 0.0) for s in servers)
 
@@ -199,11 +212,20 @@ def main(argv: list[str] | None = None) -> int:
                 balancer = TcpBalancer([s.port for s in servers]).start()
                 running.callback(balancer.stop)
                 ws_url = f"ws://127.0.0.1:{balancer.port}/v4/listen"
+                before = redis_stats(redis.url)
                 rows = (
                     []
                     if args.skip_streams
                     else streams_held(ws_url, servers, counts, args.seconds, args.threshold, args.seed)
                 )
+                after = redis_stats(redis.url)
+                device_hours = sum(r["n"] for r in rows) * args.seconds / 3600
+                if device_hours:
+                    per_hour = (after["commands"] - before["commands"]) / device_hours
+                    print(
+                        f"  Redis while streaming: {per_hour:,.0f} commands per device-hour, "
+                        f"{after['memory'] / 1e6:.1f} MB used at the end"
+                    )
                 flow = delivery(env, servers, args.conversations, args.per_conversation)
             redis.stop()
             held = [r["n"] for r in rows if r["holds"]]

@@ -12,6 +12,7 @@ import numpy as np
 import openai
 import pytest
 
+from memory.crypto import encode_key, installed
 from memory.index.local import LocalVectorIndex
 from memory.search import LexicalIndex, MemorySearch
 from tests.memory_support import T0, local_embedder, sample_turns
@@ -35,7 +36,8 @@ def memory_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPr
         await search.close()
 
     asyncio.run(seed())
-    proc = ServerProcess(data_dir, env={"DIARIZER": "none"}).start()
+    key = encode_key(installed().current)  # the key the seeded index is encrypted with
+    proc = ServerProcess(data_dir, env={"DIARIZER": "none", "ENCRYPTION_KEY": key}).start()
     yield proc
     proc.stop()
 
@@ -113,6 +115,7 @@ def test_an_api_token_acts_as_its_user_until_revoked(
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DATA_DIR", str(memory_server.data_dir))
+    monkeypatch.setenv("ENCRYPTION_KEY", memory_server.env["ENCRYPTION_KEY"])
     assert main(["token", "create", "--uid", "mem-alice", "--name", "notebook", "--json"]) == 0
     created = json.loads(capsys.readouterr().out)
     assert created["token"].startswith("olt_") and created["uid"] == "mem-alice" and created["name"] == "notebook"
