@@ -74,6 +74,8 @@ bench: install ## run the benchmarks in bench/ (results go in docs/benchmarks.md
 	$(BIN)/python bench/search.py
 	$(BIN)/python bench/mcp.py
 	$(BIN)/python bench/delivery.py
+	$(BIN)/python bench/load.py
+	$(BIN)/python bench/cluster.py
 
 clean: ## remove the virtualenv and caches (keeps DATA_DIR)
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
