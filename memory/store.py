@@ -557,8 +557,9 @@ class ConversationStore:
         self, *, uid: str, source: str, language: str, started_at: float, segments: list[TranscriptSegment], now: float
     ) -> Conversation:
         """Store a whole conversation at once (batch ingest)."""
+        # Created in progress for a moment: a long timeout keeps a running server's sweeper from closing it first.
         conversation = await self.create(
-            uid=uid, source=source, language=language, timeout_s=0, started_at=started_at, now=now
+            uid=uid, source=source, language=language, timeout_s=14_400, started_at=started_at, now=now
         )
         conversation.segments = segments
         conversation.finished_at = started_at + (segments[-1].end if segments else 0.0)
