@@ -326,7 +326,7 @@ async def _share_speakers(services: Services, uid: str) -> None:
     live = services.live_speakers
     if services.redis is None or live is None:
         return
-    current = await services.store.in_progress(uid)
+    current = await services.conversations.current(uid)  # cached while the stream lasts
     state = live.snapshot(uid)
     if current is not None and state is not None:
         ttl = int(current.timeout_s + services.settings.cluster.lease_ttl_s)

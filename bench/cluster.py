@@ -64,10 +64,10 @@ def parser() -> argparse.ArgumentParser:
         prog="bench/cluster.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--workers", default="1,2", help="worker counts to compare (default 1,2)")
-    p.add_argument("--streams", default="4,8,12,16,20", help="stream counts to try (default 4,8,12,16,20)")
+    p.add_argument("--streams", default="16,24,32", help="stream counts to try (default 16,24,32)")
     p.add_argument("--seconds", type=float, default=40.0, help="length of each stream, s (default 40)")
     p.add_argument("--threshold", type=float, default=2.0, help="p95 lag that still holds, s (default 2.0)")
-    p.add_argument("--conversations", type=int, default=100, help="conversations to deliver (default 100)")
+    p.add_argument("--conversations", type=int, default=50, help="conversations to deliver (default 50)")
     p.add_argument("--per-conversation", type=int, default=20, help="turns per conversation (default 20)")
     p.add_argument("--skip-streams", action="store_true", help="measure delivery only")
     p.add_argument("--seed", type=int, default=7, help="random seed of the stream contents (default 7)")

@@ -66,7 +66,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="bench/load.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--streams", type=int, default=16, help="simultaneous streams (default 16)")
+    p.add_argument("--streams", type=int, default=12, help="simultaneous streams (default 12)")
     p.add_argument("--minutes", type=float, default=10.0, help="how long every stream lasts, min (default 10)")
     p.add_argument(
         "--conversation-s", type=float, default=150.0, help="speech between conversation breaks, s (default 150)"

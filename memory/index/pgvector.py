@@ -52,6 +52,23 @@ _BUMP = text(
 )
 
 
+_COLUMNS = "turn_id, conversation_id, speaker, is_user, start_s, end_s, text"
+"""A turn's columns, in the order :func:`_fields` and :meth:`PgVectorIndex.turns` read them."""
+
+
+def _fields(row: Any, keyring: crypto.Keyring) -> dict[str, Any]:
+    """The :class:`IndexHit` / :class:`IndexItem` fields of a row selected with :data:`_COLUMNS`."""
+    return {
+        "turn_id": row.turn_id,
+        "conversation_id": row.conversation_id,
+        "speaker": row.speaker,
+        "is_user": row.is_user,
+        "start": row.start_s,
+        "end": row.end_s,
+        "text": keyring.decrypt_text(row.text, WHERE_TEXT),
+    }
+
+
 def _literal(vector: NDArray[np.float32]) -> str:
     """A vector as pgvector's text form, ``[0.1,0.2,...]``."""
     return "[" + ",".join(f"{x:.7g}" for x in np.asarray(vector, np.float32).tolist()) + "]"
@@ -172,27 +189,14 @@ class PgVectorIndex(VectorIndex):
                 where.append(clause)
                 params[name] = value
         sql = (
-            "SELECT turn_id, conversation_id, speaker, is_user, start_s, end_s, text, "
-            "1 - (embedding <=> CAST(:q AS vector)) AS score FROM turn_vectors "
+            f"SELECT {_COLUMNS}, 1 - (embedding <=> CAST(:q AS vector)) AS score FROM turn_vectors "
             f"WHERE {' AND '.join(where)} ORDER BY embedding <=> CAST(:q AS vector), turn_id LIMIT :limit"
         )
         with _map_errors("query"):
             async with self._engine.connect() as conn:
                 rows = (await conn.execute(text(sql), params)).all()
         keyring = crypto.installed()
-        return [
-            IndexHit(
-                turn_id=r.turn_id,
-                conversation_id=r.conversation_id,
-                speaker=r.speaker,
-                is_user=r.is_user,
-                start=r.start_s,
-                end=r.end_s,
-                text=keyring.decrypt_text(r.text, WHERE_TEXT),
-                score=float(r.score),
-            )
-            for r in rows
-        ]
+        return [IndexHit(**_fields(r, keyring), score=float(r.score)) for r in rows]
 
     async def fetch(self, uid: str, ids: Sequence[str]) -> list[IndexItem]:
         if not ids:
@@ -203,27 +207,14 @@ class PgVectorIndex(VectorIndex):
                 rows = (
                     await conn.execute(
                         text(
-                            "SELECT turn_id, conversation_id, speaker, is_user, start_s, end_s, text, "
-                            "embedding::text AS embedding FROM turn_vectors WHERE uid = :uid AND turn_id = ANY(:ids)"
+                            f"SELECT {_COLUMNS}, embedding::text AS embedding FROM turn_vectors "
+                            "WHERE uid = :uid AND turn_id = ANY(:ids)"
                         ),
                         {"uid": uid, "ids": list(ids)},
                     )
                 ).all()
         keyring = crypto.installed()
-        found = {
-            r.turn_id: IndexItem(
-                uid=uid,
-                turn_id=r.turn_id,
-                conversation_id=r.conversation_id,
-                speaker=r.speaker,
-                is_user=r.is_user,
-                start=r.start_s,
-                end=r.end_s,
-                text=keyring.decrypt_text(r.text, WHERE_TEXT),
-                vector=_parse(r.embedding),
-            )
-            for r in rows
-        }
+        found = {r.turn_id: IndexItem(uid=uid, **_fields(r, keyring), vector=_parse(r.embedding)) for r in rows}
         return [found[i] for i in ids if i in found]
 
     async def count(self, uid: str) -> int:
@@ -256,10 +247,7 @@ class PgVectorIndex(VectorIndex):
                 ).scalar()
                 rows = (
                     await conn.execute(
-                        text(
-                            "SELECT turn_id, conversation_id, speaker, is_user, start_s, end_s, text "
-                            "FROM turn_vectors WHERE uid = :uid"
-                        ),
+                        text(f"SELECT {_COLUMNS} FROM turn_vectors WHERE uid = :uid"),
                         {"uid": uid},
                     )
                 ).all()

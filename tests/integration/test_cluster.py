@@ -35,6 +35,7 @@ from tests.integration.test_delivery import (
     client_of,
     eventually_exactly_once,
     passages_of,
+    wait_drained,
 )
 from tests.integration.test_live import listening
 from tests.support import RedisServer, ServerProcess, TcpBalancer, TempPostgres, postgres_binaries, synthesize, token
@@ -175,21 +176,6 @@ def said_once(conversation: dict[str, Any]) -> dict[str, int]:
     return speakers
 
 
-def pending(worker: ServerProcess) -> float:
-    return worker.metric("outbox_pending_letta") + worker.metric("outbox_pending_index")
-
-
-def wait_drained(worker: ServerProcess, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if pending(worker) == 0:
-            time.sleep(1.5)
-            if pending(worker) == 0:
-                return
-        time.sleep(0.3)
-    raise AssertionError(f"the outbox did not drain:\n{worker.log()[-3000:]}")
-
-
 async def test_a_device_that_moves_to_another_worker_keeps_its_conversation_and_speakers(
     cluster: Cluster, halves: tuple[Path, Path], letta: LocalLetta
 ):
@@ -213,7 +199,7 @@ async def test_a_device_that_moves_to_another_worker_keeps_its_conversation_and_
 
     closed = b.post(f"/v1/conversations/{conversation['id']}/close", uid=uid)
     assert closed.status_code == 200, closed.text
-    wait_drained(b)
+    wait_drained(b, timeout_s=120)
     stored = as_conversation(a.get(f"/v1/conversations/{conversation['id']}", uid=uid).json(), uid)
     client = client_of(letta)
     assert_exactly_once(client, agent_of(client, uid), stored)
@@ -251,7 +237,7 @@ async def test_redis_restarted_mid_stream_loses_no_turn(
     conversation = only_conversation(a, uid)
     said_once(conversation)
     assert a.post(f"/v1/conversations/{conversation['id']}/close", uid=uid).status_code == 200
-    wait_drained(a)
+    wait_drained(a, timeout_s=120)
     stored = as_conversation(a.get(f"/v1/conversations/{conversation['id']}", uid=uid).json(), uid)
     client = client_of(letta)
     assert_exactly_once(client, agent_of(client, uid), stored)
@@ -266,7 +252,7 @@ async def test_a_delivery_worker_killed_with_work_in_hand_leaves_it_to_the_other
     client = client_of(letta)
     a = cluster.workers["a"]
     await stream(a.ws, uid, halves[0])
-    wait_drained(a)
+    wait_drained(a, timeout_s=120)
     agent = agent_of(client, uid)
     assert passages_of(client, agent)
 
