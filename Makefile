@@ -50,8 +50,8 @@ run: install .env ## serve on 0.0.0.0:8000 with local models and SQLite, and a l
 	$(BIN)/omi-letta serve
 
 lint: install ## ruff lint and format check
-	$(BIN)/ruff check app ingest memory tests bench scripts
-	$(BIN)/ruff format --check app ingest memory tests bench scripts
+	$(BIN)/ruff check app core ingest memory tests bench scripts
+	$(BIN)/ruff format --check app core ingest memory tests bench scripts
 
 typecheck: install ## mypy
 	$(BIN)/mypy

@@ -9,13 +9,40 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlparse
 
 if TYPE_CHECKING:
-    from app.settings import Settings
+    from ingest.ingest_settings import AsrSettings
+    from memory.memory_settings import (
+        ClusterSettings,
+        EmbeddingSettings,
+        LettaSettings,
+        LlmSettings,
+        VectorIndexSettings,
+    )
 
-__all__ = ["Flow", "flows", "is_loopback", "refusals"]
+__all__ = ["Flow", "Routed", "flows", "is_loopback", "refusals"]
+
+
+class Routed(Protocol):
+    """What decides where data goes: the backend sections of the settings (``app.settings.Settings`` is one)."""
+
+    @property
+    def asr(self) -> AsrSettings: ...
+    @property
+    def embeddings(self) -> EmbeddingSettings: ...
+    @property
+    def vector_index(self) -> VectorIndexSettings: ...
+    @property
+    def cluster(self) -> ClusterSettings: ...
+    @property
+    def letta(self) -> LettaSettings: ...
+    @property
+    def llm(self) -> LlmSettings: ...
+    @property
+    def database_url(self) -> str: ...
+
 
 # Letta model handles served by a provider on the Letta server's own machine.
 LOCAL_PROVIDERS = ("ollama/", "vllm/", "lmstudio/", "lmstudio_openai/")
@@ -51,7 +78,7 @@ class Flow:
     off_machine: bool = False
 
 
-def _deepgram_url(settings: Settings) -> str:
+def _deepgram_url(settings: Routed) -> str:
     return settings.asr.deepgram_url or "https://api.deepgram.com"
 
 
@@ -60,7 +87,7 @@ def _to(backend: str, data: str, url: str, setting: str) -> Flow:
     return Flow(backend, data, host_of(url), setting, url, not is_loopback(url))
 
 
-def flows(settings: Settings) -> list[Flow]:
+def flows(settings: Routed) -> list[Flow]:
     """Every data flow of ``settings``, in the order data moves: audio, text, embeddings, agents."""
     here = "this machine"
     out: list[Flow] = []
@@ -138,6 +165,6 @@ def flows(settings: Settings) -> list[Flow]:
     return out
 
 
-def refusals(settings: Settings) -> list[str]:
+def refusals(settings: Routed) -> list[str]:
     """Why ``PRIVACY_MODE=local`` refuses these settings: one line per flow to another machine."""
     return [f"{f.backend} would send {f.data} to {f.host} ({f.setting})" for f in flows(settings) if f.off_machine]

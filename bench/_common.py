@@ -35,8 +35,8 @@ import soundfile as sf
 from numpy.typing import NDArray
 
 if TYPE_CHECKING:
-    from memory.embeddings import Embedder
-    from memory.search import Turn
+    from memory.search.embeddings import Embedder
+    from memory.search.hybrid import Turn
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -415,7 +415,7 @@ async def stream_packets(
 
 def encode(track: Track) -> tuple[list[bytes], float]:
     """The track as OMI device packets (``opus_fs320``: one 20 ms Opus packet each)."""
-    from app.simulate import encode_frames
+    from app.cli.simulator import encode_frames
 
     return encode_frames(track.audio, CODEC)
 
@@ -515,10 +515,10 @@ TURNS_PER_CONVERSATION = 40
 def store_synthetic(env: dict[str, str], uid: str, conversations: int, per: int) -> int:
     """Store conversations of synthetic turns (nothing queued) in the database the settings ``env`` name
     (``DATA_DIR`` for SQLite, or ``DATABASE_URL``), with its encryption key; returns the turn count."""
-    from app.keys import unlock
+    from app.ops.keys import unlock
     from app.settings import load_settings
-    from ingest.segments import TranscriptSegment
-    from memory.store import ConversationStore
+    from core.segments import TranscriptSegment
+    from memory.store.conversation_store import ConversationStore
 
     async def run() -> int:
         settings = load_settings(env, env_file=None)
@@ -578,8 +578,8 @@ def memory_turns(
     4 s; every third turn is the user's (``me``), the others are said by the first five names.
     ``seed`` (default ``n``) picks the sentences and the noise.
     """
-    from memory.embeddings import normalize
-    from memory.search import Turn
+    from memory.search.embeddings import normalize
+    from memory.search.hybrid import Turn
 
     rng = np.random.default_rng(n if seed is None else seed)
     which = rng.integers(0, len(pool), n)
@@ -615,9 +615,9 @@ def seed_indexes(
     ``also`` names more writers, each given every chunk too (a baseline's store, say). Returns the
     seconds each writer took, by name: ``vector``, ``lexical`` and those of ``also``.
     """
-    from memory.index import IndexItem
-    from memory.index.local import LocalVectorIndex
-    from memory.search import LexicalIndex
+    from memory.search.hybrid import LexicalIndex
+    from memory.search.local_index import LocalVectorIndex
+    from memory.search.vector_index import IndexItem
 
     index = LocalVectorIndex(folder)
     lexical = LexicalIndex(folder)
@@ -650,8 +650,8 @@ def seed_indexes(
 
 def indexed_counts(folder: Path, uid: str) -> dict[str, int]:
     """How many of ``uid``'s turns the vector and the lexical index files in ``folder`` hold."""
-    from memory.index.local import LocalVectorIndex
-    from memory.search import LexicalIndex
+    from memory.search.hybrid import LexicalIndex
+    from memory.search.local_index import LocalVectorIndex
 
     async def count() -> dict[str, int]:
         index, lexical = LocalVectorIndex(folder), LexicalIndex(folder)

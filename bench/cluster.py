@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         pg = TempPostgres()
         admin = pg.start()
         stack.callback(pg.stop)
-        from memory.crypto import Keyring, encode_key
+        from memory.store.crypto import Keyring, encode_key
 
         key = encode_key(Keyring.new_key())
         for workers in sorted({int(x) for x in args.workers.split(",")}):

@@ -42,7 +42,7 @@ VOICES = ("en-us", "en-us+f3")
 
 def letta_server(root: Path | None) -> tuple[object, str]:
     """The local Letta server (installed on first use), with embeddings authorised as our user ``letta``."""
-    from app.letta_local import LocalLetta, default_cache_dir
+    from app.ops.letta_local import LocalLetta, default_cache_dir
 
     # Agents of the bench servers embed through those servers; the model list goes to a closed port.
     service = (f"http://127.0.0.1:{free_port()}/v1", f"{ADMIN_KEY}letta")
@@ -101,7 +101,7 @@ class Watcher(threading.Thread):
 
 
 async def latency(base_url: str, turns: int, folder: Path) -> dict[str, list[float]]:
-    from app.simulate import simulate
+    from app.cli.simulator import simulate
 
     wav = conversation_wav(turns, folder)
     env = {"LETTA_BASE_URL": base_url, "LETTA_DELIVERY": "true", "PARTIAL_INTERVAL_S": "0"}

@@ -47,7 +47,7 @@ from ingest.diarize.der import Turn, der, read_rttm, read_uem
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
-    from ingest.diarize.base import Diarizer
+    from ingest.diarize.diarizer import Diarizer
 
 SHARED_DATA = Path(os.environ.get("OMI_LETTA_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 COLLAR_S = 0.25
@@ -140,8 +140,8 @@ def parser() -> argparse.ArgumentParser:
 
 def load_embedded(threads: int) -> Diarizer:
     """The service's default diarizer, with ``threads`` encoder threads."""
-    from app.settings import DiarizationSettings
     from ingest.diarize import load_diarizer
+    from ingest.ingest_settings import DiarizationSettings
     from ingest.vad import load_vad
 
     return load_diarizer(DiarizationSettings(threads=threads), load_vad())
@@ -154,8 +154,8 @@ def load_baseline(threads: int) -> Diarizer:
 
 
 def load_pyannote_backend() -> Diarizer | None:
-    from app.settings import DiarizationSettings
-    from ingest.errors import MissingDependencyError
+    from core.errors import MissingDependencyError
+    from ingest.ingest_settings import DiarizationSettings
 
     settings = DiarizationSettings(
         pyannote_pipeline=os.environ.get("PYANNOTE_PIPELINE", DiarizationSettings.pyannote_pipeline),

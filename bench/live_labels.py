@@ -42,10 +42,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from app.settings import DiarizationSettings, StreamSettings
+    from app.settings import StreamSettings
     from bench.naive_diarizer import NaiveDiarizer
     from ingest.diarize import load_embedded
-    from ingest.diarize.live import SpeakerTracker, TimedSpan
+    from ingest.diarize.tracker import SpeakerTracker, TimedSpan
+    from ingest.ingest_settings import DiarizationSettings
     from ingest.vad import Endpointer, VadParams, load_vad
 
     args = parser().parse_args(argv)

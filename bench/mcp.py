@@ -66,7 +66,7 @@ from bench._common import (
 )
 
 if TYPE_CHECKING:
-    from memory.search import Turn
+    from memory.search.hybrid import Turn
 
 UID = "bench"
 TARGET_P95_MS = 50.0
@@ -241,7 +241,7 @@ def main() -> None:
 
     print_machine()
     load_before = os.getloadavg()
-    from memory.embeddings import LocalEmbedder
+    from memory.search.embeddings import LocalEmbedder
 
     embedder = LocalEmbedder()  # the server's default: all-MiniLM-L6-v2, one thread a call
     pool = memory_sentences(args.pool)
@@ -258,8 +258,8 @@ def main() -> None:
 
     server = Server(parse_env(args.env))
     try:
-        from app.keys import write_key_file
-        from memory.crypto import Keyring, install
+        from app.ops.keys import write_key_file
+        from memory.store.crypto import Keyring, install
 
         keyring = Keyring.generate()  # the server's key file, so it can read the index files seeded here
         write_key_file(server.data_dir / "keys" / "omi-letta.key", keyring)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ingest.diarize.base import Diarization, Diarizer, SpeakerTurn
+from ingest.diarize.diarizer import Diarization, Diarizer, SpeakerTurn
 from ingest.diarize.encoder import FRAME_S, WINDOW_FRAMES, VoiceEncoder
 from ingest.schema import SAMPLE_RATE
 

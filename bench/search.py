@@ -49,11 +49,11 @@ from bench._common import (
     seed_indexes,
     table,
 )
-from memory.crypto import Keyring, install
-from memory.embeddings import Embedder, LocalEmbedder
-from memory.index import IndexHit
-from memory.index.local import LocalVectorIndex
-from memory.search import CANDIDATES, LexicalIndex, MemorySearch, Turn, fuse, lexical_query
+from memory.search.embeddings import Embedder, LocalEmbedder
+from memory.search.hybrid import CANDIDATES, LexicalIndex, MemorySearch, Turn, fuse, lexical_query
+from memory.search.local_index import LocalVectorIndex
+from memory.search.vector_index import IndexHit
+from memory.store.crypto import Keyring, install
 
 QUERIES = [
     "where does Diane live",

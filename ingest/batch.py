@@ -20,17 +20,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ingest.conversations import AbsoluteSegment
+from core.segments import AbsoluteSegment, TranscriptSegment, combine_segments, speaker_label, speaker_name
 from ingest.decode import load_audio_file
 from ingest.schema import SAMPLE_RATE, AsrSegment, AsrWord
-from ingest.segments import TranscriptSegment, combine_segments, speaker_label, speaker_name
 from ingest.vad import Endpointer, SileroVad, VadParams
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
-    from ingest.asr.base import SpeechToText
-    from ingest.diarize.base import Diarization, Diarizer, SpeakerTurn
+    from ingest.asr.stt import SpeechToText
+    from ingest.diarize.diarizer import Diarization, Diarizer, SpeakerTurn
 
 __all__ = ["FileTranscript", "Window", "attribute", "pack_windows", "speech_spans", "transcribe_file"]
 

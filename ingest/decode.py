@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import soxr
 
-from ingest.errors import DecodeError, MissingDependencyError, UnsupportedAudioError
+from core.errors import DecodeError, MissingDependencyError, UnsupportedAudioError
 from ingest.schema import SAMPLE_RATE
 
 if TYPE_CHECKING:

@@ -27,10 +27,10 @@ from ingest.schema import SAMPLE_RATE
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
-    from ingest.asr.base import SpeechToText
-    from ingest.metrics import Metrics
-    from ingest.segments import TranscriptSegment
-    from memory.store import Conversation
+    from core.conversation import Conversation
+    from core.metrics import Metrics
+    from core.segments import TranscriptSegment
+    from ingest.asr.stt import SpeechToText
 
 __all__ = ["KeptSpeech", "Refiner", "TextRefiner", "chain"]
 

@@ -24,15 +24,15 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from ingest.conversations import AbsoluteSegment
-from ingest.errors import SpeechToTextError
-from ingest.speakers import identity_fields
+from core.errors import SpeechToTextError
+from core.segments import AbsoluteSegment
+from ingest.identity import identity_fields
 from ingest.stream import SegmentSink, TrackerSource, deliver
 
 if TYPE_CHECKING:
-    from ingest.asr.base import StreamingConnection, StreamingSpeechToText
+    from core.metrics import Metrics
+    from ingest.asr.stt import StreamingConnection, StreamingSpeechToText
     from ingest.decode import FrameDecoder
-    from ingest.metrics import Metrics
     from ingest.schema import StreamingResult, StreamingWord
 
 __all__ = ["ErrorHandler", "RelayStream"]

@@ -19,20 +19,20 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from core.metrics import Metrics
+from core.segments import AbsoluteSegment
 from ingest.batch import attribute
-from ingest.conversations import AbsoluteSegment
-from ingest.diarize.base import SpeakerTurn
-from ingest.diarize.live import SpeakerTracker, TimedSpan
-from ingest.metrics import Metrics
+from ingest.diarize.diarizer import SpeakerTurn
+from ingest.diarize.tracker import SpeakerTracker, TimedSpan
+from ingest.identity import identity_fields
 from ingest.schema import SAMPLE_RATE, AsrSegment
-from ingest.speakers import identity_fields
 from ingest.vad import Endpointer, SileroVad, UtteranceAudio, VadParams
 
 if TYPE_CHECKING:
     import numpy as np
     from numpy.typing import NDArray
 
-    from ingest.asr.base import SpeechToText
+    from ingest.asr.stt import SpeechToText
     from ingest.decode import FrameDecoder
 
 __all__ = ["LiveStream", "SegmentSink", "TrackerSource", "Transcriber", "deliver"]

@@ -29,7 +29,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from memory import crypto
+from memory.store import crypto
 
 __all__ = ["RedisConnectLimiter", "RedisLeases", "RedisLiveBus", "RedisState", "worker_id"]
 
@@ -149,7 +149,7 @@ class RedisConnectLimiter:
 
 
 class RedisLeases:
-    """:class:`ingest.leases.Leases` in Redis: ``omi-letta:in_progress:{uid}`` holds the owner's name."""
+    """:class:`memory.store.leases.Leases` in Redis: ``omi-letta:in_progress:{uid}`` holds the owner's name."""
 
     shared = True
 

@@ -1,6 +1,6 @@
 """Every encrypted place on disk, looked at without decrypting: which key each value uses, and re-encryption.
 
-The places are the database columns of the :mod:`memory.encrypted` types, the text of the
+The places are the database columns of the :mod:`memory.store.encrypted` types, the text of the
 pgvector index's ``turn_vectors`` table when the database has one, and the text and vectors of
 the local index files (``DATA_DIR/index/vectors.db`` and ``lexical.db``). Only the header of
 each value (``enc:v1:<key id>:``) is read, except to re-encrypt it. A file or table that does
@@ -21,11 +21,10 @@ from sqlalchemy import Column, LargeBinary, String, Table, cast, func, inspect, 
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from memory import lexical
-from memory.crypto import PREFIX, Keyring, installed, key_id_of
-from memory.encrypted import Encrypted, EncryptedBytes, EncryptedJSON
-from memory.index import local, pgvector
-from memory.models import Base
+from memory.search import lexical, local_index, pgvector_index
+from memory.store.crypto import PREFIX, Keyring, installed, key_id_of
+from memory.store.encrypted import Encrypted, EncryptedBytes, EncryptedJSON
+from memory.store.models import Base
 
 __all__ = ["PLAINTEXT", "Census", "census", "compact", "count_rows", "rotate", "samples"]
 
@@ -49,10 +48,14 @@ class _File:
 
 
 _FILES = (
-    _File("vectors.db", ("uid", "turn_id"), {"text": (local.TEXT_PLACE, False), "vector": (local.VECTOR_PLACE, True)}),
+    _File(
+        "vectors.db",
+        ("uid", "turn_id"),
+        {"text": (local_index.TEXT_PLACE, False), "vector": (local_index.VECTOR_PLACE, True)},
+    ),
     _File("lexical.db", ("id",), {"text": (lexical.TEXT_PLACE, False)}),
 )
-_RAW_TABLES = (_File("turn_vectors", ("uid", "turn_id"), {"text": (pgvector.WHERE_TEXT, False)}),)
+_RAW_TABLES = (_File("turn_vectors", ("uid", "turn_id"), {"text": (pgvector_index.WHERE_TEXT, False)}),)
 
 
 def _tables() -> list[tuple[Table, Column[Any], list[Column[Any]]]]:

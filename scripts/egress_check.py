@@ -56,7 +56,7 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
-from app.letta_local import REQUIREMENTS, LocalLetta, LocalLettaError, default_cache_dir  # noqa: E402
+from app.ops.letta_local import REQUIREMENTS, LocalLetta, LocalLettaError, default_cache_dir  # noqa: E402
 
 DIALOGUE = [
     ("en-us", "Good morning. Did you finish the report about the new clinic?"),
@@ -294,7 +294,7 @@ def pipeline(out: Path, summary: Summary, logs: Logs) -> None:
     """Ingest, deliver to Letta, search and chat, asserting each; ``logs`` gets the log files of each part."""
     from letta_client import Letta
 
-    from app.simulate import simulate
+    from app.cli.simulator import simulate
     from tests.llm_standin import ScriptedLlm
     from tests.support import ServerProcess, chat_events, free_port, synthesize, token
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from app.letta_local import LocalLetta, LocalLettaError, default_cache_dir
+from app.ops.letta_local import LocalLetta, LocalLettaError, default_cache_dir
 from tests.support import ServerProcess, Turn, free_port, have_espeak, synthesize, token
 
 # Short timeouts so lifecycle tests run in seconds; the protocol is otherwise the OMI default.
@@ -31,7 +31,7 @@ DIALOGUE = [
 @pytest.fixture(scope="session", autouse=True)
 def keyring() -> Iterator[None]:
     """A throwaway encryption key for stores opened in the test process (server processes load their own)."""
-    from memory.crypto import Keyring, install
+    from memory.store.crypto import Keyring, install
 
     install(Keyring.generate())
     yield

@@ -17,8 +17,8 @@ from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 
-from memory.embeddings import LocalEmbedder
-from memory.search import Turn
+from memory.search.embeddings import LocalEmbedder
+from memory.search.hybrid import Turn
 
 # Who says each line of pyannote's sample (sample.rttm): Diane in New Jersey and Sheila in Texas.
 SAMPLE_SPEAKERS = ["Diane", "Sheila", "Diane", "Diane", "Sheila", "Diane", "Diane", "Sheila", "Diane", "Diane"]

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ingest.asr.base import SpeechToText, StreamingSpeechToText
+from ingest.asr.stt import SpeechToText, StreamingSpeechToText
 
 if TYPE_CHECKING:
-    from app.settings import AsrSettings
+    from ingest.ingest_settings import AsrSettings
 
 __all__ = ["SpeechToText", "StreamingSpeechToText", "load_asr", "load_refine_asr", "load_streaming"]
 

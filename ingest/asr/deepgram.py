@@ -16,14 +16,14 @@ from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from ingest.asr.base import StreamingConnection, StreamingSpeechToText
-from ingest.errors import MissingDependencyError, SpeechToTextError
+from core.errors import MissingDependencyError, SpeechToTextError
+from ingest.asr.stt import StreamingConnection, StreamingSpeechToText
 from ingest.schema import StreamingResult, StreamingWord
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from app.settings import AsrSettings
+    from ingest.ingest_settings import AsrSettings
 
 __all__ = ["Deepgram", "endpoints"]
 

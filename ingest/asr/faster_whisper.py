@@ -9,14 +9,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ingest.asr.base import SpeechToText
-from ingest.errors import MissingDependencyError
+from core.errors import MissingDependencyError
+from ingest.asr.stt import SpeechToText
 from ingest.schema import SAMPLE_RATE, AsrSegment, AsrWord
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
-    from app.settings import AsrSettings
+    from ingest.ingest_settings import AsrSettings
 
 __all__ = ["FasterWhisper", "resolve_model"]
 

@@ -11,16 +11,16 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any
 
-from ingest.asr.base import SpeechToText
+from core.errors import MissingDependencyError
 from ingest.asr.faster_whisper import resolve_model
-from ingest.errors import MissingDependencyError
+from ingest.asr.stt import SpeechToText
 from ingest.schema import SAMPLE_RATE, AsrSegment, AsrWord
 
 if TYPE_CHECKING:
     import numpy as np
     from numpy.typing import NDArray
 
-    from app.settings import AsrSettings
+    from ingest.ingest_settings import AsrSettings
 
 __all__ = ["WhisperX", "segments_from_whisperx"]
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ingest.diarize.base import Diarization, Diarizer, SpeakerTurn
+from ingest.diarize.diarizer import Diarization, Diarizer, SpeakerTurn
 from ingest.diarize.single import SingleSpeaker
 
 if TYPE_CHECKING:
-    from app.settings import DiarizationSettings
     from ingest.diarize.embedded import EmbeddedDiarizer
+    from ingest.ingest_settings import DiarizationSettings
     from ingest.vad import SileroVad
 
 __all__ = ["Diarization", "Diarizer", "SingleSpeaker", "SpeakerTurn", "load_diarizer", "load_embedded"]

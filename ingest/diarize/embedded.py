@@ -15,7 +15,7 @@ A recording goes through five steps:
    penalty draws the boundaries; centroids are recomputed until the labels settle. Each speech
    frame takes the label of the nearest window, and short same-speaker pauses are bridged.
 
-The live tracker in :mod:`ingest.diarize.live` reuses the windows and the clustering.
+The live tracker in :mod:`ingest.diarize.tracker` reuses the windows and the clustering.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ingest.diarize.base import Diarization, Diarizer, SpeakerTurn
+from ingest.diarize.diarizer import Diarization, Diarizer, SpeakerTurn
 from ingest.diarize.encoder import FRAME_S, VoiceEncoder, mel_spectrogram
 from ingest.schema import SAMPLE_RATE
 from ingest.vad import SileroVad, speech_probabilities

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ingest.errors import MissingDependencyError
+from core.errors import MissingDependencyError
 from ingest.schema import SAMPLE_RATE
 
 if TYPE_CHECKING:

@@ -6,9 +6,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from core.errors import NotEnoughSpeechError, UnsupportedAudioError
 from ingest.decode import audio_duration, load_audio_file
 from ingest.diarize.encoder import FRAME_S
-from ingest.errors import NotEnoughSpeechError, UnsupportedAudioError
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -24,16 +24,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ingest.diarize.base import Diarization, Diarizer, SpeakerTurn
-from ingest.errors import MissingDependencyError
+from core.errors import MissingDependencyError
+from ingest.diarize.diarizer import Diarization, Diarizer, SpeakerTurn
 from ingest.schema import SAMPLE_RATE
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
-    from app.settings import DiarizationSettings
     from ingest.diarize.embedded import EmbeddedDiarizer
     from ingest.diarize.encoder import VoiceEncoder
+    from ingest.ingest_settings import DiarizationSettings
 
 __all__ = ["PyannoteDiarizer", "load_pyannote", "pipeline_turns"]
 
@@ -253,8 +253,8 @@ class PyannoteDiarizer(Diarizer):
             if not speech.size:
                 continue
             if self._voices is not None:
+                from core.errors import NotEnoughSpeechError
                 from ingest.diarize.enroll import voice_embedding
-                from ingest.errors import NotEnoughSpeechError
 
                 try:
                     out[speaker] = voice_embedding(speech, diarizer=self._voices)[0]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ingest.diarize.base import Diarization, Diarizer, SpeakerTurn
+from ingest.diarize.diarizer import Diarization, Diarizer, SpeakerTurn
 from ingest.schema import SAMPLE_RATE
 
 if TYPE_CHECKING:

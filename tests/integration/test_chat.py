@@ -18,8 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
-from app.letta_local import LocalLetta
-from app.simulate import simulate
+from app.cli.simulator import simulate
+from app.ops.letta_local import LocalLetta
 from tests.integration.test_delivery import SAMPLE, conversations, serve, wait_drained
 from tests.llm_standin import ScriptedLlm
 from tests.support import ServerProcess, chat_events, token

@@ -23,9 +23,9 @@ import redis
 import soundfile
 import websockets
 
-from app.letta_local import LocalLetta
-from app.simulate import encode_frames
-from memory.crypto import Keyring, encode_key
+from app.cli.simulator import encode_frames
+from app.ops.letta_local import LocalLetta
+from memory.store.crypto import Keyring, encode_key
 from tests.conftest import FAST
 from tests.integration.test_delivery import (
     LONG_DIALOGUE,

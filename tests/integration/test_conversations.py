@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from app.simulate import simulate
+from app.cli.simulator import simulate
 from tests.support import ServerProcess, Turn, token, wer
 
 

@@ -13,7 +13,7 @@ import soundfile
 import soxr
 import websockets
 
-from app.simulate import SimulatorError, encode_frames, simulate
+from app.cli.simulator import SimulatorError, encode_frames, simulate
 from ingest.decode import load_audio_file
 from tests.conftest import FAST
 from tests.deepgram_standin import DIALOGUE, Connection, DeepgramStandIn, script_words, tone_speech

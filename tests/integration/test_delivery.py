@@ -21,11 +21,11 @@ from typing import Any
 import pytest
 from letta_client import Letta
 
-from app.letta_local import LocalLetta
-from app.simulate import simulate
-from ingest.segments import TranscriptSegment
-from memory.sinks.passages import group_turns
-from memory.store import Conversation
+from app.cli.simulator import simulate
+from app.ops.letta_local import LocalLetta
+from core.conversation import Conversation
+from core.segments import TranscriptSegment
+from memory.letta.passage_groups import group_turns
 from tests.conftest import FAST
 from tests.support import SHARED_DATA, ServerProcess, synthesize, token
 

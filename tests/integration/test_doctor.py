@@ -7,8 +7,8 @@ import os
 import subprocess
 import sys
 
-from app.doctor import check_all, report
-from app.letta_local import LocalLetta
+from app.ops.doctor import check_all, report
+from app.ops.letta_local import LocalLetta
 from app.settings import load_settings
 from tests.llm_standin import ScriptedLlm
 from tests.support import ROOT, RedisServer, free_port

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from memory.crypto import Keyring, decode_key
+from memory.store.crypto import Keyring, decode_key
 from tests.support import ADMIN_KEY, ServerProcess, Turn, free_port, speak, token
 
 UID = "encrypted"

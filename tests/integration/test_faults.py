@@ -32,10 +32,10 @@ from typing import Any
 import pytest
 from letta_client import Letta
 
-from app.letta_local import LocalLetta
-from app.simulate import Reconnect, SimulationResult, SimulatorError, simulate
-from app.ws import STORAGE_FULL
-from memory.store import Conversation
+from app.cli.simulator import Reconnect, SimulationResult, SimulatorError, simulate
+from app.http.listen import STORAGE_FULL
+from app.ops.letta_local import LocalLetta
+from core.conversation import Conversation
 from tests.conftest import FAST
 from tests.integration.test_delivery import (
     LONG_DIALOGUE,

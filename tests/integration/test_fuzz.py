@@ -32,7 +32,7 @@ from hypothesis.configuration import set_hypothesis_home_dir
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from app.simulate import encode_frames, simulate
+from app.cli.simulator import encode_frames, simulate
 from tests.integration.test_webhooks import MEMORY, api_token, realtime_segment
 from tests.support import ServerProcess, Turn, token
 

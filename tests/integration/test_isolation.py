@@ -33,9 +33,9 @@ from litestar.routes import ASGIRoute, HTTPRoute, WebSocketRoute
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from app.core import create_app
-from app.letta_local import LocalLetta
-from app.mcp import MemoryMcp
+from app.http.memory_mcp import MemoryMcp
+from app.http.server import create_app
+from app.ops.letta_local import LocalLetta
 from app.settings import Settings
 from tests.integration.test_delivery import agent_of, serve, wait_drained
 from tests.integration.test_live import listening
@@ -150,7 +150,7 @@ def app_routes() -> set[str]:
     """Every route of the app as ``METHOD path`` (``WS``/``ASGI`` for the socket and the MCP mount)."""
     app = create_app(Settings())
     found: set[str] = set()
-    for route in app.routes:
+    for route in app.http.routes:
         if isinstance(route, HTTPRoute):
             found |= {f"{m} {route.path}" for m in route.methods if m != "OPTIONS"}  # OPTIONS: CORS preflight
         elif isinstance(route, WebSocketRoute):

@@ -19,10 +19,11 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 
 from app.settings import load_settings
-from ingest.segments import TranscriptSegment
-from memory.sinks.letta import MCP_TOOLS, LettaSink
-from memory.sinks.passages import group_turns
-from memory.store import Conversation, ConversationStore
+from core.conversation import Conversation
+from core.segments import TranscriptSegment
+from memory.letta.letta_sink import MCP_TOOLS, LettaSink
+from memory.letta.passage_groups import group_turns
+from memory.store.conversation_store import ConversationStore
 from tests.support import free_port
 
 KEY = "sk-let-cloud-0001"

@@ -10,7 +10,7 @@ import pytest
 from letta_client import Letta
 
 from app.cli import main
-from app.letta_local import LETTA_VERSION, LocalLetta, LocalLettaError
+from app.ops.letta_local import LETTA_VERSION, LocalLetta, LocalLettaError
 from tests.support import StandInEmbeddings
 
 

@@ -12,14 +12,15 @@ import msgspec
 import pytest
 from letta_client import AsyncLetta
 
-from app.letta_local import LocalLetta
+from app.ops.letta_local import LocalLetta
 from app.settings import load_settings
-from ingest.segments import TranscriptSegment
-from memory.errors import DeliveryError
-from memory.outbox import OutboxRecord
-from memory.sinks.letta import RECENT_BLOCK, LettaSink
-from memory.sinks.passages import group_turns
-from memory.store import Conversation, ConversationStore
+from core.conversation import Conversation
+from core.errors import DeliveryError
+from core.segments import TranscriptSegment
+from memory.letta.letta_sink import RECENT_BLOCK, LettaSink
+from memory.letta.passage_groups import group_turns
+from memory.store.conversation_store import ConversationStore
+from memory.store.outbox import OutboxRecord
 from tests.memory_support import SAMPLE_LINES, SAMPLE_SPEAKERS, T0
 from tests.support import StandInEmbeddings, free_port
 
@@ -248,7 +249,7 @@ async def test_a_late_copy_of_a_reinserted_group_is_deleted(
 async def test_an_adopted_agent_gets_the_search_memory_http_tool_and_a_token(
     letta: LocalLetta, store: ConversationStore, embeddings: StandInEmbeddings
 ):
-    from memory.tokens import TokenStore
+    from memory.store.tokens import TokenStore
 
     sink = make_sink(letta, store, embeddings)
     uid = f"sink-{uuid.uuid4().hex[:8]}"

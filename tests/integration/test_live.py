@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.simulate import simulate
+from app.cli.simulator import simulate
 from tests.support import ADMIN_KEY, ServerProcess, Turn, token
 
 

@@ -13,7 +13,7 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from app.simulate import simulate
+from app.cli.simulator import simulate
 from tests.support import ServerProcess, Turn, token
 
 
@@ -96,8 +96,8 @@ async def test_every_call_is_scoped_to_the_tokens_user(mcp_server: ServerProcess
 
 
 async def test_an_api_token_works_for_mcp(mcp_server: ServerProcess, remembered: dict[str, Any]):
-    from memory.store import ConversationStore
-    from memory.tokens import TokenStore
+    from memory.store.conversation_store import ConversationStore
+    from memory.store.tokens import TokenStore
 
     store = await ConversationStore.open(f"sqlite+aiosqlite:///{(mcp_server.data_dir / 'omi-letta.db').resolve()}")
     try:

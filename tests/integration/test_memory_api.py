@@ -12,9 +12,9 @@ import numpy as np
 import openai
 import pytest
 
-from memory.crypto import encode_key, installed
-from memory.index.local import LocalVectorIndex
-from memory.search import LexicalIndex, MemorySearch
+from memory.search.hybrid import LexicalIndex, MemorySearch
+from memory.search.local_index import LocalVectorIndex
+from memory.store.crypto import encode_key, installed
 from tests.memory_support import T0, local_embedder, sample_turns
 from tests.support import ADMIN_KEY, ServerProcess, token
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from app.cli import main
-from app.keys import unlock
+from app.ops.keys import unlock
 from app.settings import load_settings
-from ingest.segments import TranscriptSegment
-from memory.outbox import Outbox
-from memory.store import ConversationStore
+from core.segments import TranscriptSegment
+from memory.store.conversation_store import ConversationStore
+from memory.store.outbox import Outbox
 from tests.memory_support import SAMPLE_LINES, SAMPLE_SPEAKERS, T0
 
 

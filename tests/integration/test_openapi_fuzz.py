@@ -26,7 +26,7 @@ from schemathesis import Case, GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.schemas import BaseSchema
 
-from app.core import create_app
+from app.http.server import create_app
 from app.settings import Settings
 from tests.support import ServerProcess, token
 

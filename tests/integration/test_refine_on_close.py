@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from app.simulate import simulate
+from app.cli.simulator import simulate
 from tests.conftest import FAST
 from tests.support import ServerProcess, Turn, token, wer
 

@@ -20,10 +20,10 @@ from typing import Any
 
 import pytest
 
-from app.letta_local import LocalLetta
-from app.retention import DAY_S
-from app.simulate import simulate
-from memory.sinks.letta import AGENT_TOKEN_NAME
+from app.cli.simulator import simulate
+from app.ops.letta_local import LocalLetta
+from app.ops.retention import DAY_S
+from memory.letta.letta_sink import AGENT_TOKEN_NAME
 from tests.integration.test_delivery import (
     agent_of,
     client_of,

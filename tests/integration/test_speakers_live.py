@@ -16,7 +16,7 @@ import pytest
 import soundfile
 import websockets
 
-from app.simulate import encode_frames, simulate, with_query
+from app.cli.simulator import encode_frames, simulate, with_query
 from ingest.decode import load_audio_file
 from tests.support import ServerProcess, Turn, have_espeak, speak, token
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from app.letta_local import LocalLetta
-from app.simulate import simulate
+from app.cli.simulator import simulate
+from app.ops.letta_local import LocalLetta
 from tests.integration.test_live import api_token
 from tests.support import ROOT, ServerProcess, Turn, token
 

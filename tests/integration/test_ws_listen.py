@@ -13,7 +13,7 @@ import pytest
 import soxr
 import websockets
 
-from app.simulate import encode_frames, simulate
+from app.cli.simulator import encode_frames, simulate
 from ingest.decode import load_audio_file
 from tests.support import ServerProcess, Turn, token, wer
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.settings import AsrSettings
 from ingest.asr import load_asr
 from ingest.asr.faster_whisper import FasterWhisper
 from ingest.decode import load_audio_file
+from ingest.ingest_settings import AsrSettings
 from tests.support import Turn, wer
 
 

@@ -11,9 +11,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from app.audit import action_for
-from memory.audit import AuditLog
-from memory.store import ConversationStore
+from app.http.http_audit import action_for
+from memory.store.audit_log import AuditLog
+from memory.store.conversation_store import ConversationStore
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from app.auth import DEV_UID, AuthError, resolve_uid
+from app.service.auth import DEV_UID, AuthError, resolve_uid
 from app.settings import AuthSettings
 
 KEY = AuthSettings(admin_key="s3cret-key")
@@ -49,7 +49,7 @@ def test_local_development_cannot_be_combined_with_real_auth(real: dict[str, str
 
 
 def test_local_development_serves_only_on_loopback():
-    from app.services import check_can_serve
+    from app.service.services import check_can_serve
     from app.settings import SettingsError, load_settings
 
     check_can_serve(load_settings({"LOCAL_DEVELOPMENT": "true", "HOST": "127.0.0.1"}, env_file=None))

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 
 from app.cli import main
-from app.keys import unlock
+from app.ops.keys import unlock
 from app.settings import load_settings
-from memory.lexical import LexicalIndex
-from memory.store import ConversationStore
+from memory.search.lexical import LexicalIndex
+from memory.store.conversation_store import ConversationStore
 from tests.integration.test_memory_cli import store_sample
 from tests.memory_support import sample_turns
 

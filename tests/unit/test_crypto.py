@@ -13,18 +13,18 @@ import numpy as np
 import pytest
 from sqlalchemy import text
 
-from app.keys import read_keyring, unlock, write_key_file
+from app.ops.keys import read_keyring, unlock, write_key_file
 from app.settings import Settings, SettingsError, load_settings
-from ingest.segments import TranscriptSegment
+from core.errors import EncryptionError, MissingKeyError
+from core.segments import TranscriptSegment
 from memory import rekey
-from memory.crypto import Keyring, encode_key, install, installed, key_id, key_id_of
-from memory.day_summaries import DaySummaryStore
-from memory.errors import EncryptionError, MissingKeyError
-from memory.index import IndexItem
-from memory.index.local import LocalVectorIndex
-from memory.lexical import LexicalIndex, Turn
-from memory.speakers import SpeakerStore
-from memory.store import ConversationStore
+from memory.search.lexical import LexicalIndex, Turn
+from memory.search.local_index import LocalVectorIndex
+from memory.search.vector_index import IndexItem
+from memory.store.conversation_store import ConversationStore
+from memory.store.crypto import Keyring, encode_key, install, installed, key_id, key_id_of
+from memory.store.day_summaries import DaySummaryStore
+from memory.store.voice_profiles import SpeakerStore
 
 SECRET = "the lighthouse keeper hid the emerald under the stairs"
 

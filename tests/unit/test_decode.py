@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.simulate import encode_frames
+from app.cli.simulator import encode_frames
+from core.errors import DecodeError, MissingDependencyError, UnsupportedAudioError
 from ingest import decode
 from ingest.decode import load_audio_file, make_decoder
-from ingest.errors import DecodeError, MissingDependencyError, UnsupportedAudioError
 
 
 def tone(seconds: float = 1.0, freq: float = 440.0) -> np.ndarray:

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from ingest.metrics import Metrics
-from ingest.segments import TranscriptSegment
-from memory.delivery import Deliverer, Delivery, Sink
-from memory.outbox import Outbox, OutboxRecord, RetryPolicy
-from memory.store import Conversation, ConversationStore
+from core.conversation import Conversation
+from core.metrics import Metrics
+from core.segments import TranscriptSegment
+from memory.delivery.deliverer import Deliverer, Delivery, Sink
+from memory.store.conversation_store import ConversationStore
+from memory.store.outbox import Outbox, OutboxRecord, RetryPolicy
 
 
 class KeyedSink(Sink):

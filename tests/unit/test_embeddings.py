@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.settings import EmbeddingSettings, SettingsError, load_settings
-from memory.embeddings import LOCAL_MODEL, LocalEmbedder, OpenAIEmbedder, load_embedder
-from memory.errors import EmbeddingError
+from app.settings import SettingsError, load_settings
+from core.errors import EmbeddingError
+from memory.memory_settings import EmbeddingSettings
+from memory.search.embeddings import LOCAL_MODEL, LocalEmbedder, OpenAIEmbedder, load_embedder
 from tests.memory_support import FakeOpenAI, local_embedder
 
 TEXTS = [
@@ -35,7 +36,7 @@ def test_local_embedder_matches_sentence_transformers(embedder: LocalEmbedder):
     """Our mean pooling over transformers gives what sentence-transformers gives for the same model."""
     from sentence_transformers import SentenceTransformer
 
-    from memory.embeddings import bundled_model_path
+    from memory.search.embeddings import bundled_model_path
 
     reference = SentenceTransformer(str(bundled_model_path()), device="cpu").encode(TEXTS, normalize_embeddings=True)
     assert np.allclose(embedder.embed(TEXTS), reference, atol=1e-4)

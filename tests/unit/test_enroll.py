@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import soundfile
 
+from core.errors import DecodeError, NotEnoughSpeechError, UnsupportedAudioError
 from ingest.diarize.embedded import EmbeddedDiarizer, normalize_level
 from ingest.diarize.encoder import shared_encoder
 from ingest.diarize.enroll import load_enrollment_audio, voice_embedding
-from ingest.errors import DecodeError, NotEnoughSpeechError, UnsupportedAudioError
 from ingest.vad import load_vad
 from tests.support import have_espeak, speak
 

@@ -13,8 +13,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from app.auth import AuthError
-from app.firebase import FirebaseVerifier, looks_like_jwt
+from app.service.auth import AuthError
+from app.service.firebase import FirebaseVerifier, looks_like_jwt
 from tests.support import free_port
 
 PROJECT = "omi-app-test"

@@ -10,10 +10,10 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from app.live import LiveEvent, LiveHub, Subscription
-from ingest.conversations import AbsoluteSegment, ConversationManager
-from ingest.segments import TranscriptSegment
-from memory.store import ConversationStore
+from app.service.live_hub import LiveEvent, LiveHub, Subscription
+from core.segments import AbsoluteSegment, TranscriptSegment
+from memory.store.conversation_store import ConversationStore
+from memory.store.conversations import ConversationManager
 
 
 def segments(*texts: str) -> LiveEvent:

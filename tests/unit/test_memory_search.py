@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-import memory.lexical
-from memory.crypto import installed
-from memory.index import IndexHit
-from memory.index.local import LocalVectorIndex
-from memory.search import LexicalIndex, MemorySearch, Turn, fuse, lexical_query, query_terms, tokenize
+import memory.search.lexical
+from memory.search.hybrid import LexicalIndex, MemorySearch, Turn, fuse, lexical_query, query_terms, tokenize
+from memory.search.local_index import LocalVectorIndex
+from memory.search.vector_index import IndexHit
+from memory.store.crypto import installed
 from tests.memory_support import T0, local_embedder, sample_turns
 
 
@@ -278,7 +278,7 @@ async def test_updates_and_deletes_show_at_once_and_survive_reopening(tmp_path: 
 
 
 async def test_compacting_dead_rows_changes_no_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(memory.lexical, "_COMPACT_MIN", 4)
+    monkeypatch.setattr(memory.search.lexical, "_COMPACT_MIN", 4)
     index = LexicalIndex(tmp_path)
     await index.upsert([turn(f"t{i}", f"call Diane about item {i}", start=T0 + i) for i in range(20)])
     await index.query("alice", "Diane", limit=1)
@@ -299,7 +299,7 @@ async def test_query_in_the_event_loop_or_a_worker_thread_gives_the_same_hits(
     await lexical.upsert(sample_turns("alice"))
     first = await lexical.query("alice", "Diane New Jersey", limit=5)  # loads in a worker thread
     inline = await lexical.query("alice", "Diane New Jersey", limit=5)  # in memory: runs right here
-    monkeypatch.setattr(memory.lexical, "_INLINE_POSTINGS", 0)
+    monkeypatch.setattr(memory.search.lexical, "_INLINE_POSTINGS", 0)
     threaded = await lexical.query("alice", "Diane New Jersey", limit=5)
     assert scored(first) == scored(inline) == scored(threaded) and first[0].text == "This is Diane in New Jersey."
 
@@ -309,7 +309,7 @@ async def test_writes_are_on_disk_before_they_return(lexical: LexicalIndex):
     with sqlite3.connect(lexical.path) as other:
         [(stored,)] = other.execute("SELECT text FROM turns WHERE uid = 'alice'").fetchall()
     assert "dentist" not in stored, "the text is encrypted on disk"
-    assert installed().decrypt_text(stored, memory.lexical.TEXT_PLACE) == "the dentist moved my appointment"
+    assert installed().decrypt_text(stored, memory.search.lexical.TEXT_PLACE) == "the dentist moved my appointment"
 
 
 async def test_a_file_with_the_old_fts5_table_is_upgraded(tmp_path: Path):

@@ -10,12 +10,13 @@ from collections.abc import AsyncIterator
 import msgspec
 import pytest
 
-from ingest.conversations import ConversationManager
-from ingest.segments import TranscriptSegment
-from memory.day_summaries import DaySummaryStore
-from memory.errors import ConflictError
-from memory.outbox import Outbox
-from memory.store import Conversation, ConversationStore
+from core.conversation import Conversation
+from core.errors import ConflictError
+from core.segments import TranscriptSegment
+from memory.store.conversation_store import ConversationStore
+from memory.store.conversations import ConversationManager
+from memory.store.day_summaries import DaySummaryStore
+from memory.store.outbox import Outbox
 
 SINKS = ("index",)
 

@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator
 import pytest
 from sqlalchemy.exc import IntegrityError
 
-from ingest.segments import TranscriptSegment
-from memory.outbox import Outbox, RetryPolicy
-from memory.store import ConversationStore
+from core.segments import TranscriptSegment
+from memory.store.conversation_store import ConversationStore
+from memory.store.outbox import Outbox, RetryPolicy
 
 SINKS = ("letta", "index")
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import msgspec
 
-from ingest.segments import TranscriptSegment
-from memory.sinks.passages import group_turns, recent_block, summary_line
-from memory.store import Conversation
+from core.conversation import Conversation
+from core.segments import TranscriptSegment
+from memory.letta.passage_groups import group_turns, recent_block, summary_line
 from tests.memory_support import SAMPLE_LINES, SAMPLE_SPEAKERS, T0
 
 

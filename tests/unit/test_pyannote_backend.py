@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from app.settings import DiarizationSettings
+from core.errors import MissingDependencyError
 from ingest.diarize.der import Turn, der, read_rttm
 from ingest.diarize.pyannote_backend import PyannoteDiarizer, load_pyannote, pipeline_turns
-from ingest.errors import MissingDependencyError
+from ingest.ingest_settings import DiarizationSettings
 from tests.support import SHARED_DATA
 
 SAMPLE = SHARED_DATA / "pyannote_sample"

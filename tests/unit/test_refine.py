@@ -8,10 +8,10 @@ import pytest
 import soundfile
 
 from app.settings import load_settings
+from core.conversation import Conversation
+from core.segments import TranscriptSegment
 from ingest.asr.faster_whisper import FasterWhisper
 from ingest.refine import KeptSpeech, TextRefiner, chain
-from ingest.segments import TranscriptSegment
-from memory.store import Conversation
 from tests.support import have_espeak, synthesize
 
 T0 = 1_761_645_600.0

@@ -10,13 +10,13 @@ import pytest
 import soxr
 
 from app.settings import SettingsError, load_settings
+from core.errors import SpeechToTextError
+from core.metrics import Metrics
+from core.segments import AbsoluteSegment
 from ingest import relay as relay_module
 from ingest.asr import load_streaming
 from ingest.asr.deepgram import Deepgram, endpoints
-from ingest.conversations import AbsoluteSegment
 from ingest.decode import make_decoder
-from ingest.errors import SpeechToTextError
-from ingest.metrics import Metrics
 from ingest.relay import RelayStream
 from tests.deepgram_standin import DIALOGUE, DeepgramStandIn, ScriptWord, script_words, tone_speech
 

@@ -16,16 +16,16 @@ from typing import Any
 import numpy as np
 import pytest
 
-from app.retention import DAY_S, Retention
+from app.ops.retention import DAY_S, Retention
 from app.settings import SettingsError, load_settings
-from ingest.conversations import AbsoluteSegment, ConversationManager
+from core.segments import AbsoluteSegment, TranscriptSegment
 from ingest.refine import KeptSpeech
-from ingest.segments import TranscriptSegment
-from memory.day_summaries import DaySummaryStore
-from memory.outbox import Outbox
-from memory.speakers import EMBEDDING_DIM, SpeakerStore
-from memory.store import ConversationStore
-from memory.tokens import TokenStore
+from memory.store.conversation_store import ConversationStore
+from memory.store.conversations import ConversationManager
+from memory.store.day_summaries import DaySummaryStore
+from memory.store.outbox import Outbox
+from memory.store.tokens import TokenStore
+from memory.store.voice_profiles import EMBEDDING_DIM, SpeakerStore
 
 SINKS = ("letta", "index")
 NOW = time.time()

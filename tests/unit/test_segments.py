@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ingest.conversations import clamp_timeout
-from ingest.segments import TranscriptSegment, combine_segments
+from core.segments import TranscriptSegment, combine_segments
+from memory.store.conversations import clamp_timeout
 
 
 def seg(text: str, start: float, end: float, speaker: int = 0, provider: str | None = "fw") -> TranscriptSegment:

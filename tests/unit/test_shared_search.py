@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from app.settings import EmbeddingSettings, VectorIndexSettings
-from memory.index.pgvector import PgVectorIndex
-from memory.lexical import SharedLexicalIndex
-from memory.search import MemorySearch, open_search
+from memory.memory_settings import EmbeddingSettings, VectorIndexSettings
+from memory.search.hybrid import MemorySearch, open_search
+from memory.search.lexical import SharedLexicalIndex
+from memory.search.pgvector_index import PgVectorIndex
 from tests.memory_support import local_embedder, sample_turns
 
 

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from ingest.batch import attribute
-from ingest.diarize.base import SpeakerTurn
+from ingest.diarize.diarizer import SpeakerTurn
 from ingest.diarize.embedded import EmbeddedDiarizer
 from ingest.diarize.encoder import shared_encoder
-from ingest.diarize.live import SpeakerTracker, TimedSpan, _keep_numbers
+from ingest.diarize.tracker import SpeakerTracker, TimedSpan, _keep_numbers
+from ingest.identity import match_profiles
 from ingest.schema import AsrSegment, AsrWord
-from ingest.speakers import match_profiles
 from ingest.vad import load_vad
 from tests.support import have_espeak, speak
 

@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 import numpy as np
 import pytest
 
-from memory.errors import ConflictError, NotFoundError
-from memory.speakers import EMBEDDING_DIM, MAX_WEIGHT_S, SpeakerStore
-from memory.store import ConversationStore
+from core.errors import ConflictError, NotFoundError
+from memory.store.conversation_store import ConversationStore
+from memory.store.voice_profiles import EMBEDDING_DIM, MAX_WEIGHT_S, SpeakerStore
 
 
 @pytest.fixture

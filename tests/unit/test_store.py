@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from ingest.segments import TranscriptSegment
-from memory.errors import NotFoundError
-from memory.store import ConversationStore
+from core.errors import NotFoundError
+from core.segments import TranscriptSegment
+from memory.store.conversation_store import ConversationStore
 
 
 @pytest.fixture

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.simulate import encode_frames
+from app.cli.simulator import encode_frames
+from core.metrics import Metrics
+from core.segments import AbsoluteSegment
 from ingest import stream as stream_module
-from ingest.asr.base import SpeechToText
-from ingest.conversations import AbsoluteSegment
+from ingest.asr.stt import SpeechToText
 from ingest.decode import load_audio_file, make_decoder
-from ingest.metrics import Metrics
 from ingest.schema import AsrSegment
 from ingest.stream import LiveStream, Transcriber
 from ingest.vad import VadParams, load_vad
@@ -115,7 +115,7 @@ async def test_a_slow_engine_skips_partials_and_drops_the_oldest_backlog(dialogu
 
 
 async def test_garbage_between_packets_does_not_break_the_stream(dialogue: tuple[Path, list[Turn]]):
-    from ingest.errors import DecodeError
+    from core.errors import DecodeError
 
     path, _ = dialogue
     delivered: list[AbsoluteSegment] = []

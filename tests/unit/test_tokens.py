@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from memory.errors import NotFoundError
-from memory.store import ConversationStore
-from memory.tokens import TokenStore, digest
+from core.errors import NotFoundError
+from memory.store.conversation_store import ConversationStore
+from memory.store.tokens import TokenStore, digest
 
 
 @pytest.fixture

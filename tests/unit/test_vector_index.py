@@ -10,12 +10,14 @@ import msgspec
 import numpy as np
 import pytest
 
-from app.settings import SettingsError, VectorIndexSettings, load_settings
-from memory.errors import VectorIndexError
-from memory.index import IndexItem, VectorIndex, load_index
-from memory.index.local import LocalVectorIndex
-from memory.index.pgvector import PgVectorIndex
-from memory.index.pinecone import PineconeIndex
+from app.settings import SettingsError, load_settings
+from core.errors import VectorIndexError
+from memory.memory_settings import VectorIndexSettings
+from memory.search.index_choice import load_index
+from memory.search.local_index import LocalVectorIndex
+from memory.search.pgvector_index import PgVectorIndex
+from memory.search.pinecone_index import PineconeIndex
+from memory.search.vector_index import IndexItem, VectorIndex
 from tests.memory_support import FakePinecone
 
 DIM = 16

@@ -1,0 +1,71 @@
+"""The index sink: turns into the hybrid memory search (vector index and lexical index)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from memory.delivery.deliverer import Delivery, Sink
+from memory.letta.passage_groups import speaker_of
+from memory.search.hybrid import MemorySearch, Turn
+
+if TYPE_CHECKING:
+    from core.conversation import Conversation
+    from core.segments import TranscriptSegment
+    from memory.store.outbox import OutboxRecord
+
+__all__ = ["IndexSink", "turns_of"]
+
+
+def turns_of(uid: str, conversation: Conversation, segments: list[TranscriptSegment]) -> list[Turn]:
+    """Segments of a conversation as searchable turns (epoch-second times, the speaker's name)."""
+    return [
+        Turn(
+            uid=uid,
+            turn_id=s.id,
+            conversation_id=conversation.id,
+            speaker=speaker_of(s),
+            is_user=s.is_user,
+            start=conversation.started_at + s.start,
+            end=conversation.started_at + s.end,
+            text=s.text,
+        )
+        for s in segments
+        if s.text.strip()
+    ]
+
+
+class IndexSink(Sink):
+    """Keeps the memory search in step with the store. Upserts by turn id, so a repeat changes nothing."""
+
+    name = "index"
+
+    def __init__(self, search: MemorySearch) -> None:
+        self.search = search
+
+    async def deliver(
+        self, record: OutboxRecord, conversation: Conversation | None, turns: list[TranscriptSegment]
+    ) -> None:
+        await self.deliver_batch([Delivery(record, conversation, turns)])
+
+    async def deliver_batch(self, items: list[Delivery]) -> None:
+        """Index the turns of many records with one embedding pass; deleted conversations leave the index."""
+        uid = items[0].record.uid
+        wanted: dict[str, set[str]] = {}  # conversation id -> turn ids to refresh
+        states: dict[str, Conversation | None] = {}
+        for record, conversation, _ in items:
+            if record.action == "closed":
+                continue
+            states[record.conversation_id] = None if record.action == "deleted" else conversation
+            wanted.setdefault(record.conversation_id, set()).update(record.turn_ids)
+        add: list[Turn] = []
+        gone: list[str] = []
+        for cid, conversation in states.items():
+            if conversation is None:
+                await self.search.delete(uid, conversation_id=cid)
+                continue
+            present = [s for s in conversation.segments if s.id in wanted[cid] and s.text.strip()]
+            add += turns_of(uid, conversation, present)
+            gone += sorted(wanted[cid] - {s.id for s in present})  # merged away, or emptied
+        await self.search.add(add)
+        if gone:
+            await self.search.delete(uid, ids=gone)

@@ -1,0 +1,370 @@
+"""The local vector index: SQLite under ``DATA_DIR`` on disk, one numpy matrix per user in memory.
+
+Every turn is a row of ``DATA_DIR/index/vectors.db`` (metadata plus the float32 vector as a
+blob), written in one transaction per call, so a crash loses nothing acknowledged. A user's
+turns are read into a contiguous ``(n, dim)`` float32 matrix on first use, with filter
+columns beside it (conversation and speaker as integer codes, start and end times); writes
+update the matrix in place. A search is one exact matrix-vector product over the user's
+turns (about 8 ms for 100k 384-d turns on 2 cores), with filtered-out rows masked, then a
+partial sort for the top ``limit``. A very selective filter gathers its rows first instead.
+
+On disk each turn's text and vector are encrypted (:mod:`memory.store.crypto`, the installed keyring);
+ids, speaker names and times are not. The matrix in memory is plaintext.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from core.errors import VectorIndexError
+from memory.search.vector_index import IndexHit, IndexItem, VectorIndex
+from memory.store.crypto import installed
+from memory.store.sqlite_file import SqliteFile
+
+__all__ = ["TEXT_PLACE", "VECTOR_PLACE", "LocalVectorIndex"]
+
+TEXT_PLACE = "index/vectors.db:turns.text"
+"""Where a turn's text is encrypted for (the associated data of its ciphertext)."""
+VECTOR_PLACE = "index/vectors.db:turns.vector"
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS turns (
+    uid TEXT NOT NULL,
+    turn_id TEXT NOT NULL,
+    conversation_id TEXT NOT NULL,
+    speaker TEXT NOT NULL,
+    is_user INTEGER NOT NULL,
+    start REAL NOT NULL,
+    "end" REAL NOT NULL,
+    text TEXT NOT NULL,
+    vector BLOB NOT NULL,
+    PRIMARY KEY (uid, turn_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS ix_turns_uid_conversation ON turns (uid, conversation_id);
+"""
+
+_GATHER_FRACTION = 0.15  # below this share of rows passing the filters, gather them before scoring
+
+
+class _Shard:
+    """One user's turns in memory: row ``i`` of every array is the same turn."""
+
+    def __init__(self, dim: int, capacity: int = 1024) -> None:
+        self.dim = dim
+        self.n = 0
+        self.matrix = np.zeros((capacity, dim), dtype=np.float32)  # (capacity, dim), rows [:n] used
+        self.conversation = np.zeros(capacity, dtype=np.int32)  # code of conversation_id
+        self.speaker = np.zeros(capacity, dtype=np.int32)  # code of speaker
+        self.start = np.zeros(capacity, dtype=np.float64)
+        self.end = np.zeros(capacity, dtype=np.float64)
+        self.is_user = np.zeros(capacity, dtype=bool)
+        self.ids: list[str] = []
+        self.texts: list[str] = []
+        self.row: dict[str, int] = {}
+        self.codes: dict[str, dict[str, int]] = {"conversation": {}, "speaker": {}}
+        self.names: dict[str, list[str]] = {"conversation": [], "speaker": []}
+
+    def _code(self, kind: str, value: str) -> int:
+        codes = self.codes[kind]
+        if value not in codes:
+            codes[value] = len(codes)
+            self.names[kind].append(value)
+        return codes[value]
+
+    def _grow(self, needed: int) -> None:
+        capacity = len(self.matrix)
+        if needed <= capacity:
+            return
+        capacity = max(needed, capacity * 2)
+        for attr in ("matrix", "conversation", "speaker", "start", "end", "is_user"):
+            old = getattr(self, attr)
+            new = np.zeros((capacity, *old.shape[1:]), dtype=old.dtype)
+            new[: self.n] = old[: self.n]
+            setattr(self, attr, new)
+
+    def put(self, item: IndexItem, vector: NDArray[np.float32]) -> None:
+        i = self.row.get(item.turn_id)
+        if i is None:
+            self._grow(self.n + 1)
+            i = self.n
+            self.n += 1
+            self.ids.append(item.turn_id)
+            self.texts.append(item.text)
+            self.row[item.turn_id] = i
+        else:
+            self.texts[i] = item.text
+        self.matrix[i] = vector
+        self.conversation[i] = self._code("conversation", item.conversation_id)
+        self.speaker[i] = self._code("speaker", item.speaker)
+        self.start[i] = item.start
+        self.end[i] = item.end
+        self.is_user[i] = item.is_user
+
+    def remove(self, turn_ids: Iterable[str]) -> None:
+        """Drop turns by moving the last row into each hole."""
+        for turn_id in turn_ids:
+            i = self.row.pop(turn_id, None)
+            if i is None:
+                continue
+            last = self.n - 1
+            if i != last:
+                for arr in (self.matrix, self.conversation, self.speaker, self.start, self.end, self.is_user):
+                    arr[i] = arr[last]
+                self.ids[i] = self.ids[last]
+                self.texts[i] = self.texts[last]
+                self.row[self.ids[i]] = i
+            self.ids.pop()
+            self.texts.pop()
+            self.n = last
+
+    def hit(self, i: int, score: float) -> IndexHit:
+        return IndexHit(
+            turn_id=self.ids[i],
+            conversation_id=self.names["conversation"][self.conversation[i]],
+            speaker=self.names["speaker"][self.speaker[i]],
+            is_user=bool(self.is_user[i]),
+            start=float(self.start[i]),
+            end=float(self.end[i]),
+            text=self.texts[i],
+            score=score,
+        )
+
+    def search(
+        self,
+        vector: NDArray[np.float32],
+        limit: int,
+        speaker: str | None,
+        conversation_id: str | None,
+        since: float | None,
+        until: float | None,
+    ) -> list[IndexHit]:
+        n = self.n
+        mask: NDArray[np.bool_] | None = None
+        for kind, value, column in (
+            ("conversation", conversation_id, self.conversation),
+            ("speaker", speaker, self.speaker),
+        ):
+            if value is None:
+                continue
+            code = self.codes[kind].get(value)
+            if code is None:
+                return []
+            keep = column[:n] == code
+            mask = keep if mask is None else mask & keep
+        if since is not None:
+            keep = self.end[:n] >= since
+            mask = keep if mask is None else mask & keep
+        if until is not None:
+            keep = self.start[:n] <= until
+            mask = keep if mask is None else mask & keep
+        if mask is None:
+            rows = None
+            scores = self.matrix[:n] @ vector  # (n,)
+        else:
+            rows = np.flatnonzero(mask)
+            if len(rows) == 0:
+                return []
+            if len(rows) < _GATHER_FRACTION * n:
+                scores = self.matrix[rows] @ vector  # (len(rows),)
+            else:
+                scores = self.matrix[:n] @ vector
+                scores[~mask] = -np.inf
+                rows = None
+        candidates = len(scores) if rows is not None else (n if mask is None else int(mask.sum()))
+        k = min(limit, candidates)
+        if k <= 0:
+            return []
+        top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
+        top = top[np.argsort(-scores[top], kind="stable")]
+        return [self.hit(int(rows[j]) if rows is not None else int(j), float(scores[j])) for j in top]
+
+
+class LocalVectorIndex(SqliteFile, VectorIndex):
+    """Exact cosine search over vectors kept in ``folder/vectors.db`` (see the module docstring)."""
+
+    name = "local"
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(folder / "vectors.db", _SCHEMA, "local vector index")
+        self._shards: dict[str, _Shard | None] = {}  # None: the user has no turns
+
+    def _shard(self, uid: str) -> _Shard | None:
+        if uid in self._shards:
+            return self._shards[uid]
+        rows = self._db.execute(
+            'SELECT turn_id, conversation_id, speaker, is_user, start, "end", text, vector FROM turns WHERE uid = ?',
+            (uid,),
+        ).fetchall()
+        shard: _Shard | None = None
+        if rows:
+            keys = installed()
+            vectors = [keys.decrypt_bytes(r[7], VECTOR_PLACE) for r in rows]
+            dim = len(vectors[0]) // 4
+            shard = _Shard(dim, capacity=max(1024, len(rows)))
+            shard.matrix[: len(rows)] = np.frombuffer(b"".join(vectors), dtype="<f4").reshape(-1, dim)
+            for i, (turn_id, conversation_id, speaker, is_user, start, end, text, _) in enumerate(rows):
+                shard.ids.append(turn_id)
+                shard.texts.append(keys.decrypt_text(text, TEXT_PLACE))
+                shard.row[turn_id] = i
+                shard.conversation[i] = shard._code("conversation", conversation_id)
+                shard.speaker[i] = shard._code("speaker", speaker)
+                shard.start[i] = start
+                shard.end[i] = end
+                shard.is_user[i] = bool(is_user)
+            shard.n = len(rows)
+        self._shards[uid] = shard
+        return shard
+
+    async def upsert(self, items: Sequence[IndexItem]) -> None:
+        await self.run(self._upsert, items)
+
+    def _upsert(self, items: Sequence[IndexItem]) -> None:
+        vectors = [np.ascontiguousarray(item.vector, dtype="<f4").reshape(-1) for item in items]
+        for item, vector in zip(items, vectors, strict=True):
+            shard = self._shard(item.uid)
+            if shard is not None and shard.dim != len(vector):
+                raise VectorIndexError(
+                    f"a {len(vector)}-d vector does not fit the index of {shard.dim}-d vectors; "
+                    "the embedding model changed: delete the index and backfill"
+                )
+        keys = installed()
+        self._db.execute("BEGIN")
+        try:
+            self._db.executemany(
+                'INSERT OR REPLACE INTO turns (uid, turn_id, conversation_id, speaker, is_user, start, "end", '
+                "text, vector) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        i.uid,
+                        i.turn_id,
+                        i.conversation_id,
+                        i.speaker,
+                        int(i.is_user),
+                        i.start,
+                        i.end,
+                        keys.encrypt_text(i.text, TEXT_PLACE),
+                        keys.encrypt_bytes(v.tobytes(), VECTOR_PLACE),
+                    )
+                    for i, v in zip(items, vectors, strict=True)
+                ],
+            )
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        for item, vector in zip(items, vectors, strict=True):
+            shard = self._shards.get(item.uid)
+            if shard is None:
+                shard = self._shards[item.uid] = _Shard(len(vector))
+            shard.put(item, vector)
+
+    async def delete(self, uid: str, ids: Sequence[str] | None = None, conversation_id: str | None = None) -> None:
+        await self.run(self._delete, uid, ids, conversation_id)
+
+    def _delete(self, uid: str, ids: Sequence[str] | None, conversation_id: str | None) -> None:
+        if ids is not None:
+            gone = list(ids)
+            self._db.executemany("DELETE FROM turns WHERE uid = ? AND turn_id = ?", [(uid, t) for t in gone])
+        elif conversation_id is not None:
+            gone = [
+                r[0]
+                for r in self._db.execute(
+                    "SELECT turn_id FROM turns WHERE uid = ? AND conversation_id = ?", (uid, conversation_id)
+                )
+            ]
+            self._db.execute("DELETE FROM turns WHERE uid = ? AND conversation_id = ?", (uid, conversation_id))
+        else:
+            self._db.execute("DELETE FROM turns WHERE uid = ?", (uid,))
+            self._shards.pop(uid, None)
+            return
+        shard = self._shards.get(uid)
+        if shard is not None:
+            shard.remove(gone)
+
+    async def query(
+        self,
+        uid: str,
+        vector: NDArray[np.float32],
+        *,
+        limit: int,
+        speaker: str | None = None,
+        conversation_id: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> list[IndexHit]:
+        return await self.run(self._query, uid, vector, limit, speaker, conversation_id, since, until)
+
+    def _query(
+        self,
+        uid: str,
+        vector: NDArray[np.float32],
+        limit: int,
+        speaker: str | None,
+        conversation_id: str | None,
+        since: float | None,
+        until: float | None,
+    ) -> list[IndexHit]:
+        shard = self._shard(uid)
+        if shard is None or shard.n == 0:
+            return []
+        query = np.asarray(vector, dtype=np.float32).reshape(-1)
+        if len(query) != shard.dim:
+            raise VectorIndexError(f"a {len(query)}-d query does not fit the index of {shard.dim}-d vectors")
+        return shard.search(query, limit, speaker, conversation_id, since, until)
+
+    def search_sync(
+        self,
+        uid: str,
+        vector: NDArray[np.float32],
+        *,
+        limit: int,
+        speaker: str | None = None,
+        conversation_id: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> list[IndexHit]:
+        """:meth:`query` without a worker thread (benchmarks, scripts)."""
+        return self.locked(self._query, uid, vector, limit, speaker, conversation_id, since, until)
+
+    async def fetch(self, uid: str, ids: Sequence[str]) -> list[IndexItem]:
+        return await self.run(self._fetch, uid, ids)
+
+    def _fetch(self, uid: str, ids: Sequence[str]) -> list[IndexItem]:
+        found: dict[str, IndexItem] = {}
+        keys = installed()
+        for turn_id in ids:
+            row = self._db.execute(
+                'SELECT conversation_id, speaker, is_user, start, "end", text, vector FROM turns '
+                "WHERE uid = ? AND turn_id = ?",
+                (uid, turn_id),
+            ).fetchone()
+            if row is not None:
+                found[turn_id] = IndexItem(
+                    uid=uid,
+                    turn_id=turn_id,
+                    conversation_id=row[0],
+                    speaker=row[1],
+                    is_user=bool(row[2]),
+                    start=row[3],
+                    end=row[4],
+                    text=keys.decrypt_text(row[5], TEXT_PLACE),
+                    vector=np.frombuffer(keys.decrypt_bytes(row[6], VECTOR_PLACE), dtype="<f4").astype(np.float32),
+                )
+        return [found[t] for t in ids if t in found]
+
+    async def count(self, uid: str) -> int:
+        return await self.run(self._count, uid)
+
+    def _count(self, uid: str) -> int:
+        shard = self._shards.get(uid)
+        if shard is not None:
+            return shard.n
+        return int(self._db.execute("SELECT count(*) FROM turns WHERE uid = ?", (uid,)).fetchone()[0])
+
+    async def close(self) -> None:
+        await self.run(self._db.close)

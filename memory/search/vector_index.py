@@ -1,0 +1,87 @@
+"""The vector index contract: turn embeddings of each user, searched by cosine with filters."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import msgspec
+import numpy as np
+from numpy.typing import NDArray
+
+__all__ = ["IndexHit", "IndexItem", "VectorIndex"]
+
+
+class IndexItem(msgspec.Struct, kw_only=True):
+    """One turn in the index. Times are epoch seconds; ``vector`` has unit length."""
+
+    uid: str
+    turn_id: str
+    conversation_id: str
+    speaker: str
+    is_user: bool
+    start: float
+    end: float
+    text: str
+    vector: NDArray[np.float32]
+
+
+class IndexHit(msgspec.Struct, kw_only=True):
+    """A turn found by a search, with its score (cosine similarity for a vector search)."""
+
+    turn_id: str
+    conversation_id: str
+    speaker: str
+    is_user: bool
+    start: float
+    end: float
+    text: str
+    score: float
+
+
+class VectorIndex(ABC):
+    """Turn vectors kept apart per user (``uid``); a turn is keyed by ``(uid, turn_id)``.
+
+    Every method is a coroutine. Upserting a known ``turn_id`` replaces that turn. Filters of
+    :meth:`query` combine with AND: ``speaker`` matches the stored name exactly,
+    ``conversation_id`` one conversation, and ``since``/``until`` (epoch seconds) keep turns
+    that overlap that span (``end >= since`` and ``start <= until``). Hits come best first.
+    Implementations translate their own errors to :class:`core.errors.VectorIndexError`,
+    and release what they hold in :meth:`close`.
+    """
+
+    name: str
+    """Short name of the backend, e.g. ``local``."""
+
+    @abstractmethod
+    async def upsert(self, items: Sequence[IndexItem]) -> None:
+        """Add or replace turns (of any users)."""
+
+    @abstractmethod
+    async def delete(self, uid: str, ids: Sequence[str] | None = None, conversation_id: str | None = None) -> None:
+        """Remove the user's turns ``ids``, or those of one conversation, or (neither given) all of them."""
+
+    @abstractmethod
+    async def query(
+        self,
+        uid: str,
+        vector: NDArray[np.float32],
+        *,
+        limit: int,
+        speaker: str | None = None,
+        conversation_id: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> list[IndexHit]:
+        """The user's ``limit`` turns most similar to ``vector`` that pass the filters."""
+
+    @abstractmethod
+    async def fetch(self, uid: str, ids: Sequence[str]) -> list[IndexItem]:
+        """The user's stored turns among ``ids`` (unknown ids are left out), in the order asked."""
+
+    @abstractmethod
+    async def count(self, uid: str) -> int:
+        """How many turns the user has in the index."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release files and connections."""
