@@ -49,9 +49,10 @@ run: install .env ## serve on 0.0.0.0:8000 with local models and SQLite, and a l
 	trap 'exit 130' INT TERM; \
 	$(BIN)/omi-letta serve
 
-lint: install ## ruff lint and format check
+lint: install ## ruff lint and format check, and the import layers (import-linter)
 	$(BIN)/ruff check app core ingest memory tests bench scripts
 	$(BIN)/ruff format --check app core ingest memory tests bench scripts
+	$(BIN)/lint-imports --no-logo
 
 typecheck: install ## mypy
 	$(BIN)/mypy

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import get_type_hints
 
 from app.privacy import refusals
-from core.env import build_section, check_range, env_rows, read_env_file, setting
+from core.config import build_section, check_range, env_rows, read_env_file, setting
 from core.errors import SettingsError
 from ingest.ingest_settings import AsrSettings, DiarizationSettings
 from memory.memory_settings import (

@@ -42,7 +42,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import SAMPLE_RATE, machine, print_machine, save_json, table
-from ingest.diarize.der import Turn, der, read_rttm, read_uem
+from ingest.diarize.der import LabelledTurn, der, read_rttm, read_uem
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -207,7 +207,7 @@ def measure(
     diarizer: Diarizer,
     clip: Clip,
     audio: NDArray[np.float32],
-    reference: list[Turn],
+    reference: list[LabelledTurn],
     uem: list[tuple[float, float]] | None,
     *,
     repeats: int,
@@ -221,7 +221,7 @@ def measure(
         started = time.perf_counter()
         result = diarizer.diarize(audio, **hints)
         times.append(time.perf_counter() - started)
-    hypothesis = [Turn(t.start, t.end, f"spk{t.speaker}") for t in result.turns]
+    hypothesis = [LabelledTurn(t.start, t.end, f"spk{t.speaker}") for t in result.turns]
     score = der(reference, hypothesis, collar=COLLAR_S, uem=uem)
     if rttm_dir is not None:
         from ingest.diarize.der import rttm_lines
@@ -245,16 +245,16 @@ def measure(
 
 
 def back_to_back(
-    jobs: list[tuple[Clip, NDArray[np.float32], list[Turn], list[tuple[float, float]] | None]],
+    jobs: list[tuple[Clip, NDArray[np.float32], list[LabelledTurn], list[tuple[float, float]] | None]],
     name: str = "all back to back",
-) -> tuple[Clip, NDArray[np.float32], list[Turn], list[tuple[float, float]] | None]:
+) -> tuple[Clip, NDArray[np.float32], list[LabelledTurn], list[tuple[float, float]] | None]:
     """Clips as one recording, with their references and scored regions shifted to match."""
     offset = 0.0
-    reference: list[Turn] = []
+    reference: list[LabelledTurn] = []
     uem: list[tuple[float, float]] = []
     for _, clip_audio, turns, regions in jobs:
         duration = clip_audio.size / SAMPLE_RATE
-        reference += [Turn(t.start + offset, t.end + offset, t.speaker) for t in turns]
+        reference += [LabelledTurn(t.start + offset, t.end + offset, t.speaker) for t in turns]
         uem += [(a + offset, b + offset) for a, b in (regions or [(0.0, duration)])]
         offset += duration
     audio = np.concatenate([job[1] for job in jobs])

@@ -28,7 +28,7 @@ if __package__ in (None, ""):
 
 from bench._common import machine, print_machine, save_json, table
 from bench.diarize import back_to_back, clips, load_audio
-from ingest.diarize.der import Turn, der, read_rttm, read_uem
+from ingest.diarize.der import LabelledTurn, der, read_rttm, read_uem
 
 
 def parser() -> argparse.ArgumentParser:
@@ -109,9 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         refined, _ = tracker.refine(spans, live)
 
         def score(
-            labels: list[int], spans: list[Any] = spans, reference: list[Turn] = reference, uem: Any = uem
+            labels: list[int], spans: list[Any] = spans, reference: list[LabelledTurn] = reference, uem: Any = uem
         ) -> float:
-            hypothesis = [Turn(sp.start, sp.end, str(label)) for sp, label in zip(spans, labels, strict=True)]
+            hypothesis = [LabelledTurn(sp.start, sp.end, str(label)) for sp, label in zip(spans, labels, strict=True)]
             return der(reference, hypothesis, collar=0.25, uem=uem).der
 
         entry: dict[str, Any] = {

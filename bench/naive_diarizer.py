@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ingest.diarize.diarizer import Diarization, Diarizer, SpeakerTurn
+from ingest.diarize.diarizer import Diarization, Diarizer, SpeakerCount, SpeakerTurn
 from ingest.diarize.encoder import FRAME_S, WINDOW_FRAMES, VoiceEncoder
 from ingest.schema import SAMPLE_RATE
 
@@ -51,13 +51,7 @@ class NaiveDiarizer(Diarizer):
         stamps = get_speech_timestamps(audio, VadOptions(), sampling_rate=SAMPLE_RATE)
         return [(s["start"] / SAMPLE_RATE, s["end"] / SAMPLE_RATE) for s in stamps]
 
-    def diarize(
-        self,
-        audio: NDArray[np.float32],
-        *,
-        num_speakers: int | None = None,
-        max_speakers: int | None = None,
-    ) -> Diarization:
+    def find(self, audio: NDArray[np.float32], count: SpeakerCount) -> Diarization:
         """Diarize a whole recording (16 kHz mono float32)."""
         # windows: (start, end) of each 1.5 s window; its label covers its central 0.5 s
         windows: list[tuple[float, float]] = []
@@ -73,7 +67,7 @@ class NaiveDiarizer(Diarizer):
         encoder_s = WINDOW_FRAMES * FRAME_S
         starts_s = np.array([max((s + e) / 2 - encoder_s / 2, 0.0) for s, e in windows])
         embeddings = self._encoder.embed_windows(audio, starts_s)  # (windows, 256), unit norm
-        labels = cluster(embeddings, num_speakers=num_speakers, max_speakers=max_speakers)
+        labels = cluster(embeddings, num_speakers=count.exact, max_speakers=count.maximum)
 
         turns: list[SpeakerTurn] = []
         for (start, end), label in zip(windows, labels, strict=True):

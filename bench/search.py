@@ -52,7 +52,7 @@ from bench._common import (
 from memory.search.embeddings import Embedder, LocalEmbedder
 from memory.search.hybrid import CANDIDATES, LexicalIndex, MemorySearch, Turn, fuse, lexical_query
 from memory.search.local_index import LocalVectorIndex
-from memory.search.vector_index import IndexHit
+from memory.search.vector_index import IndexHit, TurnFilter
 from memory.store.crypto import Keyring, install
 
 QUERIES = [
@@ -249,14 +249,14 @@ def run_size(n: int, pool: list[str], pool_vectors: np.ndarray, query_vectors: n
         {
             "vector top-10": clocked(lambda i: index.search_sync("bench", query_vectors[i % nq], limit=10)),
             "vector top-10, speaker filter": clocked(
-                lambda i: index.search_sync("bench", query_vectors[i % nq], limit=10, speaker="Diane")
+                lambda i: index.search_sync("bench", query_vectors[i % nq], limit=10, where=TurnFilter(speaker="Diane"))
             ),
             "vector top-10, last 30 days": clocked(
-                lambda i: index.search_sync("bench", query_vectors[i % nq], limit=10, since=month)
+                lambda i: index.search_sync("bench", query_vectors[i % nq], limit=10, where=TurnFilter(since=month))
             ),
             "lexical BM25 top-50": clocked(lambda i: lexical.query_sync("bench", QUERIES[i % nq], CANDIDATES)),
             "lexical BM25 top-50, speaker filter": clocked(
-                lambda i: lexical.query_sync("bench", QUERIES[i % nq], CANDIDATES, speaker="Diane")
+                lambda i: lexical.query_sync("bench", QUERIES[i % nq], CANDIDATES, TurnFilter(speaker="Diane"))
             ),
             HYBRID_DIRECT: clocked(
                 lambda i: fuse(

@@ -1,6 +1,7 @@
 """Every error the service raises on purpose, in one tree; each carries a ``detail`` safe to show.
 
 SettingsError (ValueError)  a setting has a wrong value; the message names the environment variable
+AuthError                   a request carries no usable token; the message is safe to show the client
 IngestError                 audio in: carries ``detail``
 ├── UnsupportedAudioError   codec, sample rate or language the stream cannot take
 ├── DecodeError             one frame or file could not be decoded
@@ -26,6 +27,7 @@ import errno
 import sqlite3
 
 __all__ = [
+    "AuthError",
     "ConflictError",
     "DecodeError",
     "DeliveryError",
@@ -48,6 +50,10 @@ __all__ = [
 
 class SettingsError(ValueError):
     """A setting has a wrong value; the message names the environment variable."""
+
+
+class AuthError(Exception):
+    """The request carries no usable token; the message is safe to show the client."""
 
 
 class IngestError(Exception):

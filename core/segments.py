@@ -6,7 +6,7 @@ import uuid
 
 import msgspec
 
-__all__ = ["AbsoluteSegment", "TranscriptSegment", "combine_segments", "speaker_label", "speaker_name"]
+__all__ = ["AbsoluteSegment", "TranscriptSegment", "combine_segments", "speaker_label", "speaker_name", "speaker_of"]
 
 MERGE_GAP_S = 3.0
 LONG_TEXT_CHARS = 125
@@ -40,6 +40,11 @@ class TranscriptSegment(msgspec.Struct, kw_only=True):
     speech_profile_processed: bool = True
     stt_provider: str | None = None
     speaker_name: str | None = None  # ours: `me`, a known person's name, or `Speaker n`
+
+
+def speaker_of(segment: TranscriptSegment) -> str:
+    """The name a segment's speaker goes by: ``me``, a known person's name, or ``Speaker n``."""
+    return segment.speaker_name or speaker_name(segment.speaker_id, is_user=segment.is_user)
 
 
 class AbsoluteSegment(msgspec.Struct, frozen=True):

@@ -22,6 +22,7 @@ import numpy as np
 
 from core.segments import AbsoluteSegment, TranscriptSegment, combine_segments, speaker_label, speaker_name
 from ingest.decode import load_audio_file
+from ingest.diarize.diarizer import attribute
 from ingest.schema import SAMPLE_RATE, AsrSegment, AsrWord
 from ingest.vad import Endpointer, SileroVad, VadParams
 
@@ -29,9 +30,9 @@ if TYPE_CHECKING:
     from numpy.typing import NDArray
 
     from ingest.asr.stt import SpeechToText
-    from ingest.diarize.diarizer import Diarization, Diarizer, SpeakerTurn
+    from ingest.diarize.diarizer import Diarization, Diarizer
 
-__all__ = ["FileTranscript", "Window", "attribute", "pack_windows", "speech_spans", "transcribe_file"]
+__all__ = ["FileTranscript", "Window", "pack_windows", "speech_spans", "transcribe_file"]
 
 WINDOW_S = 28.0
 FEED_S = 1.0
@@ -176,40 +177,6 @@ def _in_file(seg: AsrSegment, window: Window) -> AsrSegment:
         text=seg.text,
         words=tuple(AsrWord(window.original_time(w.start), window.original_time(w.end), w.text) for w in seg.words),
     )
-
-
-def _speaker_at(start: float, end: float, turns: list[SpeakerTurn]) -> int | None:
-    """The speaker whose turns overlap ``[start, end]`` most, else the nearest turn's speaker."""
-    overlap: dict[int, float] = {}
-    for t in turns:
-        shared = min(end, t.end) - max(start, t.start)
-        if shared > 0:
-            overlap[t.speaker] = overlap.get(t.speaker, 0.0) + shared
-    if overlap:
-        return max(overlap, key=lambda s: overlap[s])
-    if not turns:
-        return None
-    middle = (start + end) / 2
-    nearest = min(turns, key=lambda t: min(abs(t.start - middle), abs(t.end - middle)))
-    return nearest.speaker
-
-
-def attribute(seg: AsrSegment, turns: list[SpeakerTurn]) -> list[tuple[float, float, str, int]]:
-    """Split a segment (times in the file) into ``(start, end, text, speaker)`` pieces at speaker changes.
-
-    Words take the speaker they overlap most; a segment without words goes whole to one speaker.
-    """
-    if not seg.words:
-        return [(seg.start, seg.end, seg.text, _speaker_at(seg.start, seg.end, turns) or 0)]
-    pieces: list[tuple[float, float, str, int]] = []
-    for word in seg.words:
-        speaker = _speaker_at(word.start, word.end, turns) or 0
-        if pieces and pieces[-1][3] == speaker:
-            start, _, text, _ = pieces[-1]
-            pieces[-1] = (start, word.end, text + word.text, speaker)
-        else:
-            pieces.append((word.start, word.end, word.text, speaker))
-    return [(start, end, text.strip(), speaker) for start, end, text, speaker in pieces if text.strip()]
 
 
 def _group(found: list[AbsoluteSegment], gap_s: float) -> list[tuple[float, list[TranscriptSegment]]]:

@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 import numpy as np
@@ -26,9 +26,16 @@ if TYPE_CHECKING:
     from numpy.typing import NDArray
 
     from ingest.diarize.embedded import EmbeddedDiarizer
-    from memory.store.voice_profiles import SpeakerProfile, SpeakerStore
 
-__all__ = ["LiveSpeakers", "apply_identity", "identity_fields", "match_profiles", "name_speaker"]
+__all__ = [
+    "LiveSpeakers",
+    "VoiceProfile",
+    "VoiceProfiles",
+    "apply_identity",
+    "identity_fields",
+    "match_profiles",
+    "name_speaker",
+]
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +45,40 @@ RETRY_MATCH_S = 5.0
 """More speech after which an unmatched speaker is compared again."""
 
 
+class VoiceProfile(Protocol):
+    """A known voice: whose it is and its unit-length embedding (``memory.store.voice_profiles`` stores them)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def is_user(self) -> bool: ...
+    @property
+    def embedding(self) -> NDArray[np.float32]: ...
+
+
+class VoiceProfiles(Protocol):
+    """Where a user's voice profiles are kept: read, improved with more speech, or made."""
+
+    async def list(self, uid: str) -> Sequence[VoiceProfile]:
+        """The user's profiles."""
+        ...
+
+    async def absorb(self, uid: str, profile_id: str, embedding: NDArray[np.float32], seconds: float) -> VoiceProfile:
+        """Fold ``seconds`` of a person's speech into their profile; returns the profile."""
+        ...
+
+    async def enroll(
+        self, uid: str, *, name: str | None, is_user: bool, embedding: NDArray[np.float32], seconds: float
+    ) -> VoiceProfile:
+        """Make a profile, or improve the one of that name (or the wearer's); returns the profile."""
+        ...
+
+
 def match_profiles(
-    centroids: dict[int, NDArray[np.float32]], profiles: list[SpeakerProfile], threshold: float
-) -> dict[int, tuple[SpeakerProfile, float]]:
+    centroids: dict[int, NDArray[np.float32]], profiles: Sequence[VoiceProfile], threshold: float
+) -> dict[int, tuple[VoiceProfile, float]]:
     """One-to-one matching of conversation speakers to voice profiles above ``threshold``."""
     if not centroids or not profiles:
         return {}
@@ -56,7 +94,7 @@ def match_profiles(
     }
 
 
-def identity_of(profile: SpeakerProfile) -> Identity:
+def identity_of(profile: VoiceProfile) -> Identity:
     """The identity a matched profile gives a speaker (the wearer has no ``person_id``, as in OMI)."""
     if profile.is_user:
         return Identity(person_id=None, name="me", is_user=True, profile_id=profile.id)
@@ -98,7 +136,7 @@ class LiveSpeakers:
     def __init__(
         self,
         diarizer: EmbeddedDiarizer,
-        profiles: SpeakerStore,
+        profiles: VoiceProfiles,
         *,
         match_threshold: float,
         live_threshold: float = 0.75,

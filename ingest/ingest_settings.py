@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from core.env import check_range, setting
+from core.config import check_range, setting
 from core.errors import SettingsError
 
 __all__ = ["AsrSettings", "DiarizationSettings"]

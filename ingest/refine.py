@@ -22,21 +22,21 @@ from typing import TYPE_CHECKING
 import msgspec
 import numpy as np
 
+from core.conversation import Conversation
+from core.segments import TranscriptSegment
 from ingest.schema import SAMPLE_RATE
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
-    from core.conversation import Conversation
     from core.metrics import Metrics
-    from core.segments import TranscriptSegment
     from ingest.asr.stt import SpeechToText
 
 __all__ = ["KeptSpeech", "Refiner", "TextRefiner", "chain"]
 
 log = logging.getLogger(__name__)
 
-Refiner = Callable[[str, "Conversation"], Awaitable[list["TranscriptSegment"]]]
+Refiner = Callable[[str, Conversation], Awaitable[list[TranscriptSegment]]]
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,7 @@ from typing import TYPE_CHECKING
 
 from core.metrics import Metrics
 from core.segments import AbsoluteSegment
-from ingest.batch import attribute
-from ingest.diarize.diarizer import SpeakerTurn
+from ingest.diarize.diarizer import SpeakerTurn, attribute
 from ingest.diarize.tracker import SpeakerTracker, TimedSpan
 from ingest.identity import identity_fields
 from ingest.schema import SAMPLE_RATE, AsrSegment

@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import numpy as np
 import websockets
 
-from app.http.body_limits import RATE_LIMITED
+from app.service.connect_limits import RATE_LIMITED
 from ingest.decode import load_audio_file, load_opuslib
 from ingest.schema import SAMPLE_RATE
 

@@ -54,10 +54,10 @@ class ChatController(Controller):
         """
         if not data.message.strip():
             raise ValidationException(detail="message must not be blank")
-        if services.chat is None:
+        if services.outbound.chat is None:
             raise ServiceUnavailableException(detail="chat needs a Letta server: set LETTA_DELIVERY=true")
         try:
-            events = await services.chat.open(uid, data.message)
+            events = await services.outbound.chat.open(uid, data.message)
         except ChatUnavailableError as exc:
             raise ServiceUnavailableException(detail=exc.detail) from exc
         return ServerSentEvent(_sse(events), headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})

@@ -13,7 +13,6 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -21,24 +20,17 @@ import msgspec
 from litestar import WebSocket, websocket
 from litestar.exceptions import WebSocketDisconnect
 
-from app.http.body_limits import RATE_LIMITED
 from app.http.http_audit import client_of
-from app.http.routes import authenticate
-from app.service.auth import AuthError
-from app.service.live_hub import LiveEvent
+from app.service.auth import AuthError, authenticate
+from app.service.connect_limits import RATE_LIMITED
+from app.service.live_session import LiveSession
 from core.errors import DecodeError, IngestError, SpeechToTextError, StorageFullError, UnsupportedAudioError
 from ingest.decode import make_decoder
-from ingest.identity import identity_fields, name_speaker
-from ingest.relay import RelayStream
-from ingest.stream import LiveStream
 
 if TYPE_CHECKING:
     from app.service.services import Services
-    from core.segments import AbsoluteSegment, TranscriptSegment
-    from ingest.diarize.tracker import Identity
-    from ingest.stream import SegmentSink
 
-__all__ = ["listen", "stream_sink"]
+__all__ = ["close_reason", "listen"]
 
 log = logging.getLogger(__name__)
 
@@ -131,10 +123,6 @@ def close_reason(reason: str) -> str:
     return raw[: MAX_CLOSE_REASON_BYTES - len("…".encode())].decode(errors="ignore") + "…"
 
 
-def _segments_payload(segments: list[TranscriptSegment]) -> list[Any]:
-    return [msgspec.to_builtins(s) for s in segments]
-
-
 @websocket("/v4/listen")
 async def listen(socket: WebSocket) -> None:
     """Stream audio in, transcript segments and conversation events out (OMI ``/v4/listen``).
@@ -177,8 +165,8 @@ async def _audit_stream(session: _Session, services: Services, uid: str) -> None
 
 def _audit(services: Services, session: _Session, *, uid: str, action: str, conversation_id: str | None = None) -> None:
     """One audit entry of ``/v4/listen``; its status is the code the server closed with."""
-    if services.audit is not None:
-        services.audit.record(
+    if services.storage.audit is not None:
+        services.storage.audit.record(
             uid=uid,
             action=action,
             route="ws:/v4/listen",
@@ -193,7 +181,7 @@ async def _stream(session: _Session, services: Services, uid: str) -> None:
     socket = session.socket
     try:
         params = ListenParams.parse(dict(socket.query_params))
-        engine = services.streaming or services.transcriber.asr
+        engine = services.pipeline.streaming or services.pipeline.transcriber.asr
         if not engine.supports_language(params.language):
             raise UnsupportedAudioError(f"The language is not supported, {params.language}")
         decoder = make_decoder(params.codec, params.sample_rate)
@@ -205,7 +193,7 @@ async def _stream(session: _Session, services: Services, uid: str) -> None:
         await session.close(INTERNAL_ERROR, exc.detail[:120])
         return
     # Only a stream that would open takes the user's slot; one refused above does not.
-    if not await services.connect_limiter.acquire(uid):
+    if not await services.cluster.connect_limiter.acquire(uid):
         services.metrics.inc("streams_rate_limited_total")
         interval_s = services.settings.stream.connect_interval_s
         log.info("refused a stream: its user opened one less than %g s ago", interval_s)
@@ -215,77 +203,27 @@ async def _stream(session: _Session, services: Services, uid: str) -> None:
 
     await session.send_json({"type": "service_status", "status": "initiating", "status_text": "Service Starting"})
     timeout_s = services.conversation_timeout(params.conversation_timeout)
-    conversations = services.conversations
-    # Another worker may still hold this user's stream (a device that moved): wait for it to let go.
-    await services.leases.acquire(uid, wait_s=min(services.settings.cluster.lease_ttl_s, 10.0))
+    live = LiveSession(
+        services,
+        uid,
+        decoder,
+        language=params.language,
+        source=params.source,
+        timeout_s=timeout_s,
+        send=session.send_json,
+        on_storage_full=lambda exc: _storage_full(session, exc),
+    )
     try:
-        resumed = await conversations.connect(uid, timeout_s=timeout_s)
+        resumed = await live.open()
     except StorageFullError as exc:
-        await services.leases.release(uid)
         await _storage_full(session, exc)
         return
-    except BaseException:
-        await services.leases.release(uid)
-        raise
-    last = await services.store.last_completed_id(uid)
+    except SpeechToTextError as exc:
+        await _stt_failed(session, exc)
+        return
+    last = await services.storage.store.last_completed_id(uid)
     if last:
         await session.send_json({"type": "last_memory", "memory_id": last})
-    unsubscribe = conversations.subscribe(uid, session.send_json)
-
-    live = services.live_speakers
-    if live is not None and resumed is not None:
-        shared = await services.redis.load_speakers(resumed.id) if services.redis is not None else None
-        live.resume(uid, resumed.segments, shared)
-    sink = _closing_when_full(
-        session,
-        stream_sink(
-            services, uid, timeout_s=timeout_s, source=params.source, language=params.language, send=session.send_json
-        ),
-    )
-
-    stt_failed = asyncio.Event()
-
-    async def refused(exc: SpeechToTextError) -> None:
-        await _stt_failed(session, exc)
-        stt_failed.set()
-
-    stream: LiveStream | RelayStream
-    if services.streaming is not None:
-        stream = RelayStream(
-            decoder=decoder,
-            engine=services.streaming,
-            language=params.language,
-            sink=sink,
-            metrics=services.metrics,
-            buffer_s=services.settings.asr.deepgram_buffer_s,
-            reconnect_max_delay_s=services.settings.asr.deepgram_reconnect_max_delay_s,
-            speakers=(lambda: live.tracker(uid)) if live is not None else (lambda: None),
-            origin_floor=resumed.finished_at if resumed else 0.0,
-            on_error=refused,
-        )
-        starting = {"type": "service_status", "status": "stt_initiating", "status_text": "STT Service Starting"}
-        await session.send_json(starting)
-        try:
-            await stream.start()
-        except SpeechToTextError as exc:
-            await stream.finish()
-            unsubscribe()
-            await _let_go(services, uid)
-            await _stt_failed(session, exc)
-            return
-    else:
-        stream = LiveStream(
-            decoder=decoder,
-            vad=services.vad,
-            params=services.vad_params(),
-            transcriber=services.transcriber,
-            language=params.language,
-            sink=sink,
-            max_queued_audio_s=services.settings.stream.max_queued_audio_s,
-            speakers=(lambda: live.tracker(uid)) if live is not None else (lambda: None),
-            origin_floor=resumed.finished_at if resumed else 0.0,
-            keep=(lambda at, audio: kept.add(uid, at, audio)) if (kept := services.kept_speech) is not None else None,
-        )
     metrics = services.metrics
     metrics.inc("streams_total")
     metrics.set_gauge("streams_active", metrics.gauges.get("streams_active", 0) + 1)
@@ -298,128 +236,22 @@ async def _stream(session: _Session, services: Services, uid: str) -> None:
     )
     await session.send_json({"type": "service_status", "status": "ready", "status_text": None})
 
-    reader = asyncio.create_task(_read(session, stream, services, uid))
+    reader = asyncio.create_task(_read(session, live, services))
     keeper = asyncio.create_task(_keepalive(session, services))
-    failed = asyncio.create_task(stt_failed.wait())
-    holder = asyncio.create_task(_hold_lease(services, uid))
+    failed = asyncio.create_task(live.stt_failed.wait())
     try:
         await asyncio.wait({reader, keeper, failed}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for task in (reader, keeper, failed, holder):
+        for task in (reader, keeper, failed):
             task.cancel()
-        await asyncio.gather(reader, keeper, failed, holder, return_exceptions=True)
+        await asyncio.gather(reader, keeper, failed, return_exceptions=True)
+        if live.stt_error is not None:
+            await _stt_failed(session, live.stt_error)
         # Whatever was heard is transcribed and stored even though the client is gone.
-        try:
-            await stream.finish()
-        finally:
-            unsubscribe()
-            await _let_go(services, uid)
+        await live.close()
         metrics.set_gauge("streams_active", metrics.gauges.get("streams_active", 1) - 1)
         await session.close(GOING_AWAY)
         log.info("stream closed")
-
-
-async def _share_speakers(services: Services, uid: str) -> None:
-    """Put the user's live speaker state in Redis, for the worker their device may move to."""
-    live = services.live_speakers
-    if services.redis is None or live is None:
-        return
-    current = await services.conversations.current(uid)  # cached while the stream lasts
-    state = live.snapshot(uid)
-    if current is not None and state is not None:
-        ttl = int(current.timeout_s + services.settings.cluster.lease_ttl_s)
-        await services.redis.save_speakers(current.id, state, ttl)
-
-
-async def _hold_lease(services: Services, uid: str) -> None:
-    """While the stream lasts: renew the user's lease, and share their speaker state now and then."""
-    if not services.leases.shared:
-        return
-    every = services.settings.cluster.lease_ttl_s / 3
-    while True:
-        await asyncio.sleep(every)
-        if not await services.leases.renew(uid):
-            log.warning("another worker took over the stream of uid %s", uid)
-        await _share_speakers(services, uid)
-
-
-async def _let_go(services: Services, uid: str) -> None:
-    """The stream ended: share the speaker state, forget the cached conversation, release the lease."""
-    try:
-        if services.leases.shared:
-            await _share_speakers(services, uid)
-    except Exception as exc:
-        log.warning("could not share the speaker state of uid %s (%s)", uid, type(exc).__name__)
-    finally:
-        services.conversations.disconnect(uid)
-        await services.leases.release(uid)
-
-
-def stream_sink(
-    services: Services,
-    uid: str,
-    *,
-    timeout_s: int,
-    source: str,
-    language: str,
-    send: Callable[[Any], Awaitable[None]] | None = None,
-) -> SegmentSink:
-    """Where one live stream's segments go.
-
-    Final segments are stored in the user's conversation, partial ones only previewed; what
-    changed goes to ``send`` (the device's socket, if any) and to the user's live pages. A speaker
-    whose voice matches a profile is announced to ``send`` with ``speaker_label_suggestion``, and
-    their earlier segments are relabelled.
-    """
-    live = services.live_speakers
-    conversations = services.conversations
-    previewed: set[str] = set()  # stored segments a partial was shown merged into
-
-    async def sink(segments: list[AbsoluteSegment], final: bool) -> None:
-        found = []
-        if final and live is not None:
-            found = await live.recognise(uid, {s.speaker_id for s in segments})
-            if found:
-                segments = [_with_identity(s, live.tracker(uid).identity(s.speaker_id)) for s in segments]
-        if final:
-            changed = await conversations.add(uid, segments, timeout_s=timeout_s, source=source, language=language)
-            if previewed:
-                # A partial may have been shown merged into a stored segment that the final did not
-                # join (another speaker, say): send that segment as stored again.
-                current = await conversations.current(uid)
-                stored = {seg.id: seg for seg in current.segments} if current else {}
-                sent = {seg.id for seg in changed}
-                changed += [stored[i] for i in previewed if i in stored and i not in sent]
-                previewed.clear()
-        else:
-            changed = await conversations.preview(uid, segments)
-            previewed.update(seg.id for seg in changed if seg.id not in {a.id for a in segments})
-        if changed:
-            payload = _segments_payload(changed)
-            if send is not None:
-                await send(payload)
-            services.live.publish(uid, LiveEvent("segments", payload))
-        for speaker_id, identity in found:
-            await _announce(send, services, uid, speaker_id, identity, segments)
-
-    return sink
-
-
-def _closing_when_full(session: _Session, sink: SegmentSink) -> SegmentSink:
-    """``sink``, closing the stream with 1011 :data:`STORAGE_FULL` the first time the disk is full.
-
-    The error still reaches the stream, which retries storing those segments for a while: if space
-    is freed meanwhile they are kept, although the device has gone.
-    """
-
-    async def guarded(segments: list[AbsoluteSegment], final: bool) -> None:
-        try:
-            await sink(segments, final)
-        except StorageFullError as exc:
-            await _storage_full(session, exc)
-            raise
-
-    return guarded
 
 
 async def _storage_full(session: _Session, exc: StorageFullError) -> None:
@@ -435,7 +267,7 @@ async def _stt_failed(session: _Session, exc: SpeechToTextError) -> None:
     await session.close(INTERNAL_ERROR, exc.detail[:120])
 
 
-async def _read(session: _Session, stream: LiveStream | RelayStream, services: Services, uid: str) -> None:
+async def _read(session: _Session, live: LiveSession, services: Services) -> None:
     metrics = services.metrics
     limit = services.settings.stream.max_frame_bytes
     bad_frames = 0
@@ -464,18 +296,18 @@ async def _read(session: _Session, stream: LiveStream | RelayStream, services: S
             if len(data) <= 2:
                 continue  # keepalive, e.g. the app's [0x8A, 0x00] answer to ping
             try:
-                stream.feed(data)
+                live.feed(data)
             except DecodeError:
                 bad_frames += 1
                 metrics.inc("decode_errors_total")
                 if bad_frames in (1, 10, 100) or bad_frames % 1000 == 0:
-                    log.warning("skipped %d undecodable %s frame(s)", bad_frames, stream.decoder.codec)
+                    log.warning("skipped %d undecodable %s frame(s)", bad_frames, live.decoder.codec)
             continue
         if isinstance(text, str):
-            await _handle_text(text, session, services, uid)
+            await _handle_text(text, live, services)
 
 
-async def _handle_text(text: str, session: _Session, services: Services, uid: str) -> None:
+async def _handle_text(text: str, live: LiveSession, services: Services) -> None:
     """JSON text frames: ``speaker_assigned`` is acted on; other types are counted and ignored."""
     try:
         payload = json.loads(text)
@@ -484,7 +316,7 @@ async def _handle_text(text: str, session: _Session, services: Services, uid: st
     kind = payload.get("type") if isinstance(payload, dict) else None
     if kind == "speaker_assigned" and isinstance(payload, dict):
         try:
-            await _speaker_assigned(payload, session, services, uid)
+            await _speaker_assigned(payload, live, services)
         except Exception:
             log.exception("could not apply a speaker_assigned frame")
         return
@@ -492,69 +324,26 @@ async def _handle_text(text: str, session: _Session, services: Services, uid: st
     log.debug("ignored a text frame of type %r", kind)
 
 
-async def _speaker_assigned(payload: dict[str, Any], session: _Session, services: Services, uid: str) -> None:
-    """OMI ``speaker_assigned``: name a session speaker now and in the rest of the conversation.
-
-    Accepted when the speaker exists and at least one listed segment is in the user's
-    in-progress conversation, as in OMI. Stored segments of that speaker are relabelled and
-    re-sent; the person's voice profile learns from the speaker's speech.
-    """
-    live = services.live_speakers
+async def _speaker_assigned(payload: dict[str, Any], live: LiveSession, services: Services) -> None:
+    """OMI ``speaker_assigned`` (see :meth:`LiveSession.assign_speaker`); a malformed or unknown one is counted."""
     speaker_id = payload.get("speaker_id")
     person_id = payload.get("person_id")
     name = payload.get("person_name") or ""
     segment_ids = payload.get("segment_ids") or []
-    if live is None or not isinstance(speaker_id, int) or not isinstance(person_id, str) or not isinstance(name, str):
+    if (
+        services.pipeline.live_speakers is None
+        or not isinstance(speaker_id, int)
+        or not isinstance(person_id, str)
+        or not isinstance(name, str)
+    ):
         services.metrics.inc("speaker_assignments_rejected_total")
         log.info("rejected a malformed speaker_assigned frame")
         return
-    current = await services.conversations.current(uid)
-    if current is None or not {s.id for s in current.segments} & set(map(str, segment_ids)):
+    if not await live.assign_speaker(speaker_id, person_id, name, [str(i) for i in segment_ids]):
         services.metrics.inc("speaker_assignments_rejected_total")
         log.info("rejected speaker_assigned: none of its segments is in the conversation in progress")
         return
-    identity = await live.assign(uid, speaker_id, person_id=person_id, person_name=name)
-    await services.conversations.relabel(
-        uid,
-        current.id,
-        name_speaker(speaker_id, identity),
-    )
     services.metrics.inc("speaker_assignments_total")
-
-
-def _with_identity(segment: AbsoluteSegment, identity: Identity | None) -> AbsoluteSegment:
-    if identity is None:
-        return segment
-    return msgspec.structs.replace(segment, **identity_fields(segment.speaker_id, identity))
-
-
-async def _announce(
-    send: Callable[[Any], Awaitable[None]] | None,
-    services: Services,
-    uid: str,
-    speaker_id: int,
-    identity: Identity,
-    segments: list[AbsoluteSegment],
-) -> None:
-    """``speaker_label_suggestion`` for a voice match, and the speaker's earlier segments relabelled."""
-    first = next(s for s in segments if s.speaker_id == speaker_id)
-    if send is not None:
-        await send(
-            {
-                "type": "speaker_label_suggestion",
-                "speaker_id": speaker_id,
-                "person_id": "user" if identity.is_user else (identity.person_id or ""),
-                "person_name": identity.name,
-                "segment_id": first.id,
-            }
-        )
-    current = await services.conversations.current(uid)
-    if current is not None:
-        await services.conversations.relabel(
-            uid,
-            current.id,
-            name_speaker(speaker_id, identity),
-        )
 
 
 async def _keepalive(session: _Session, services: Services) -> None:

@@ -24,7 +24,8 @@ from mcp.server.transport_security import TransportSecuritySettings
 from app.http.http_audit import client_of
 from app.service.auth import AuthError
 from core.errors import NotFoundError
-from memory.letta.passage_groups import speaker_of, summary_line
+from core.segments import speaker_of
+from memory.letta.passage_groups import summary_line
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Receive, Scope, Send
@@ -123,7 +124,7 @@ class MemoryMcp:
         await app(scope, receive, send)
 
     async def _authenticate(self, authorization: str | None) -> str:
-        from app.http.routes import authenticate
+        from app.service.auth import authenticate
 
         return await authenticate(authorization, self._services())
 
@@ -146,9 +147,9 @@ class MemoryMcp:
             call.status = 500
             raise
         finally:
-            if services.audit is not None:
+            if services.storage.audit is not None:
                 request = ctx.request_context.request
-                services.audit.record(
+                services.storage.audit.record(
                     uid=call.uid,
                     action=TOOL_ACTIONS[tool],
                     route=f"mcp:{tool}",
@@ -187,7 +188,7 @@ class MemoryMcp:
                 until: only turns at or before this ISO date or date-time.
                 limit: how many turns to return, 1 to 50.
             """
-            memory = services().memory
+            memory = services().outbound.search
             if memory is None:
                 return "Memory search is not configured on this service."
             with self._call(ctx, "search_memory") as call:
@@ -214,7 +215,7 @@ class MemoryMcp:
             """
             with self._call(ctx, "get_conversation", conversation_id=id) as call:
                 try:
-                    conversation = await services().store.get(call.uid, id)
+                    conversation = await services().storage.store.get(call.uid, id)
                 except NotFoundError:
                     call.status = 404
                     return f"There is no conversation {id}."
@@ -233,7 +234,7 @@ class MemoryMcp:
             """
             with self._call(ctx, "list_conversations") as call:
                 start, end = _epoch(since, "since"), _epoch(until, "until")
-                page, _ = await services().store.page(call.uid, limit=200, offset=0)
+                page, _ = await services().storage.store.page(call.uid, limit=200, offset=0)
             found = [
                 c
                 for c in page
@@ -250,7 +251,7 @@ class MemoryMcp:
             Args:
                 text: the words, or part of them, e.g. "I'm in New Jersey now".
             """
-            memory = services().memory
+            memory = services().outbound.search
             if memory is None:
                 return "Memory search is not configured on this service."
             with self._call(ctx, "who_said") as call:

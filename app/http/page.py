@@ -1,6 +1,6 @@
 """What the service shows a browser: the web page at ``/`` (plain files in ``app/web``) and the API docs.
 
-The page is three files, packaged with the code and served as they are: no build step. It calls
+The page is four files, packaged with the code and served as they are: no build step. It calls
 the same HTTP API as any client, with the user's bearer token.
 """
 
@@ -17,7 +17,11 @@ from litestar.response import Response
 __all__ = ["API_DOCS", "api_docs", "page", "page_asset"]
 
 WEB = resources.files("app.http") / "web"
-ASSETS = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
+ASSETS = {
+    "app.js": "text/javascript; charset=utf-8",
+    "page_util.js": "text/javascript; charset=utf-8",
+    "style.css": "text/css; charset=utf-8",
+}
 
 # The page loads nothing from elsewhere, and nothing may frame it.
 PAGE_HEADERS = {

@@ -14,28 +14,17 @@ from litestar.openapi import OpenAPIConfig
 from app import __version__
 from app.http.body_limits import limit_body
 from app.http.chat_routes import ChatController
+from app.http.conversation_routes import ConversationController
+from app.http.deps import provide_services, provide_uid
 from app.http.http_audit import audit_response
+from app.http.http_errors import conflict, memory_unavailable, not_found, storage_full, too_large
 from app.http.listen import listen
 from app.http.memory_mcp import MemoryMcp
+from app.http.memory_routes import EmbeddingsController, MemoryController
 from app.http.page import API_DOCS, api_docs, page, page_asset
-from app.http.routes import (
-    ConversationController,
-    EmbeddingsController,
-    MemoryController,
-    SpeakerController,
-    conflict,
-    erase_my_data,
-    health,
-    live,
-    memory_unavailable,
-    metrics,
-    not_found,
-    provide_services,
-    provide_uid,
-    storage_full,
-    too_large,
-)
 from app.http.security import cors_config, security_headers
+from app.http.speaker_routes import SpeakerController
+from app.http.status_routes import erase_my_data, health, live, metrics
 from app.http.webhooks import OmiWebhookController
 from app.service.services import Services, check_can_serve
 from app.settings import Settings, get_settings

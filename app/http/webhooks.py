@@ -22,32 +22,39 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
-import uuid
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Annotated, Any
 from urllib.parse import parse_qs
 
 import msgspec
 from litestar import Controller, Request, get, post
 from litestar.di import Provide
-from litestar.exceptions import HTTPException, NotAuthorizedException
+from litestar.exceptions import NotAuthorizedException, ServiceUnavailableException
 from litestar.params import Parameter
 
+from app.http.deps import MAX_OFFSET
 from app.http.http_audit import note_uid
-from app.http.listen import stream_sink
-from app.http.routes import MAX_OFFSET, authenticate
-from app.service.auth import AuthError
+from app.http.omi_payloads import (
+    OmiConversation,
+    OmiDaySummary,
+    OmiRealtime,
+    OmiSegment,
+    decode_body,
+    epoch,
+    imported,
+    omi_segment,
+    segment_ids,
+    unprocessable,
+)
+from app.service.auth import AuthError, authenticate
 from app.service.live_hub import LiveEvent
+from app.service.live_session import LiveSession
 from app.service.services import Services
 from core.conversation import Conversation, iso
-from core.errors import UnsupportedAudioError
-from core.segments import TranscriptSegment, speaker_label, speaker_name
+from core.errors import SpeechToTextError, UnsupportedAudioError
 from ingest.decode import PCM_RATES, make_decoder
-from ingest.stream import LiveStream
 from memory.store.day_summaries import DaySummary, DaySummaryStore
 from memory.store.tokens import PREFIX as TOKEN_PREFIX
 
@@ -55,221 +62,12 @@ __all__ = ["OmiWebhookController", "OmiWebhooks"]
 
 log = logging.getLogger(__name__)
 
-UNPROCESSABLE = 422
+
 MAX_CONVERSATION_BYTES = 32 * 1024 * 1024
 MAX_AUDIO_BYTES = 16 * 1024 * 1024  # over 8 minutes of 16 kHz PCM16 in one request
 REWIND_S = 5.0  # realtime times that go back further than this began a new conversation in the cloud
 AHEAD_S = 30.0  # nor may they run this far ahead of the clock
-MAX_SEGMENT_S = 7 * 86_400.0  # segment times count from the conversation's start; none lasts a week
-LATEST = datetime(2100, 1, 1, tzinfo=UTC).timestamp()  # times must lie in 1970–2100, so they can be shown
-_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "omi-letta:omi-webhooks")
-_SPEAKER = re.compile(r"SPEAKER_(\d{1,4})")
 _TOKEN_HELP = "create one with `omi-letta token create --uid <uid> --name omi-webhooks`"
-
-
-def local_id(uid: str, *parts: str) -> str:
-    """Our id for something of ``uid``'s in the OMI cloud: the same for the same user and id, never another user's."""
-    return str(uuid.uuid5(_NAMESPACE, "\n".join((uid, *parts))))
-
-
-# --- payloads (OMI protocol notes §3.2–3.5) --------------------------------------------------
-
-
-class OmiTranslation(msgspec.Struct):
-    """A segment's text in another language."""
-
-    lang: str
-    text: str
-
-
-class OmiSegment(msgspec.Struct, kw_only=True):
-    """A ``TranscriptSegment`` as the OMI cloud sends it; times in seconds from the conversation's start."""
-
-    id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)] | None = None
-    text: str
-    speaker: Annotated[str, msgspec.Meta(max_length=32)] | None = "SPEAKER_00"
-    speaker_id: Annotated[int, msgspec.Meta(ge=0, le=9999)] | None = None
-    speaker_id_camel: Annotated[int, msgspec.Meta(ge=0, le=9999)] | None = msgspec.field(
-        default=None, name="speakerId"
-    )  # the docs' spelling
-    is_user: bool = False
-    person_id: Annotated[str, msgspec.Meta(max_length=64)] | None = None
-    start: Annotated[float, msgspec.Meta(ge=-MAX_SEGMENT_S, le=MAX_SEGMENT_S)]
-    end: Annotated[float, msgspec.Meta(ge=-MAX_SEGMENT_S, le=MAX_SEGMENT_S)]
-    translations: list[OmiTranslation] = []
-    speech_profile_processed: bool = True
-    stt_provider: Annotated[str, msgspec.Meta(max_length=64)] | None = None
-    speaker_name: Annotated[str, msgspec.Meta(max_length=100)] | None = None
-
-
-class OmiActionItem(msgspec.Struct, kw_only=True):
-    """An action item of a conversation's summary."""
-
-    description: str
-    completed: bool = False
-    created_at: str | None = None
-    updated_at: str | None = None
-    due_at: str | None = None
-    completed_at: str | None = None
-    conversation_id: str | None = None
-
-
-class OmiEvent(msgspec.Struct, kw_only=True):
-    """A calendar event a conversation's summary proposes."""
-
-    title: str
-    description: str = ""
-    start: str | None = None
-    duration: float = 30
-    created: bool = False
-
-
-class OmiStructured(msgspec.Struct, kw_only=True):
-    """A conversation's summary, as the OMI cloud made it."""
-
-    title: str = ""
-    overview: str = ""
-    emoji: str = "🧠"
-    category: str = "other"
-    action_items: list[OmiActionItem] = []
-    events: list[OmiEvent] = []
-
-
-class OmiConversation(msgspec.Struct, kw_only=True):
-    """The ``memory_created`` body: a whole ``Conversation`` (fields we do not keep are ignored)."""
-
-    id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-    created_at: datetime | None = None
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    source: Annotated[str, msgspec.Meta(max_length=32)] | None = None
-    language: Annotated[str, msgspec.Meta(max_length=16)] | None = None
-    structured: OmiStructured = msgspec.field(default_factory=OmiStructured)
-    transcript_segments: list[OmiSegment] = []
-    discarded: bool = False
-
-
-class OmiRealtime(msgspec.Struct, kw_only=True):
-    """The ``realtime_transcript`` body as the cloud's code sends it (``session_id`` is the uid)."""
-
-    segments: list[OmiSegment]
-    session_id: str | None = None
-
-
-class OmiDaySummary(msgspec.Struct, kw_only=True):
-    """The ``day_summary`` body."""
-
-    summary: str
-    uid: str | None = None
-    created_at: datetime | None = None
-    summary_json: dict[str, Any] | None = None
-
-
-def _decode(body: bytes, kind: Any) -> Any:
-    """``body`` as ``kind``, or 422 naming the field at fault."""
-    try:
-        return msgspec.json.decode(body, type=kind)
-    except msgspec.ValidationError as exc:
-        message = str(exc)
-        path = message.rsplit(" - at `", 1)[1].rstrip("`") if " - at `" in message else "$"
-        missing = re.search(r"missing required field `([^`]+)`", message)
-        field = f"{path}.{missing.group(1)}" if missing else path
-        raise HTTPException(
-            status_code=UNPROCESSABLE, detail=f"invalid body: {message}", extra={"field": field}
-        ) from None
-    except msgspec.DecodeError as exc:
-        raise HTTPException(
-            status_code=UNPROCESSABLE, detail=f"the body is not JSON: {exc}", extra={"field": "$"}
-        ) from None
-
-
-def _unprocessable(detail: str, field: str) -> HTTPException:
-    return HTTPException(status_code=UNPROCESSABLE, detail=detail, extra={"field": field})
-
-
-def _epoch(when: datetime | None, field: str) -> float | None:
-    """``when`` (UTC unless it says otherwise) as epoch seconds; 422 naming ``field`` if it is not in 1970–2100."""
-    if when is None:
-        return None
-    ts = (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
-    if not 0 <= ts < LATEST:
-        raise _unprocessable(f"{field[2:]} must lie between 1970 and 2100, not {when.isoformat()}", field)
-    return ts
-
-
-def _speaker_id(seg: OmiSegment) -> int:
-    """OMI recomputes ``speaker_id`` from the ``SPEAKER_n`` label; without one, the id sent."""
-    match = _SPEAKER.fullmatch(seg.speaker or "")
-    if match:
-        return int(match.group(1))
-    if seg.speaker_id is not None:
-        return seg.speaker_id
-    return seg.speaker_id_camel or 0
-
-
-def _segment(seg: OmiSegment, segment_id: str, offset: float) -> TranscriptSegment:
-    """Our segment of an OMI one, its times shifted by ``offset`` seconds."""
-    speaker = _speaker_id(seg)
-    start = max(0.0, seg.start)
-    named = (seg.speaker_name or "").strip() or None
-    return TranscriptSegment(
-        id=segment_id,
-        text=seg.text,
-        speaker=speaker_label(speaker),
-        speaker_id=speaker,
-        is_user=seg.is_user,
-        person_id=seg.person_id,
-        start=offset + start,
-        end=offset + max(start, seg.end),
-        translations=[{"lang": t.lang, "text": t.text} for t in seg.translations],
-        speech_profile_processed=seg.speech_profile_processed,
-        stt_provider=seg.stt_provider,
-        speaker_name=speaker_name(speaker, is_user=seg.is_user, name=named),
-    )
-
-
-def _segment_ids(uid: str, segments: list[OmiSegment], *, scope: str | None = None) -> list[str]:
-    """Our ids of the segments. One without an id is known by its place in ``scope`` (a conversation),
-    else by its times, speaker and words."""
-    return [
-        local_id(uid, seg.id)
-        if seg.id
-        else local_id(uid, scope, f"#{i}")
-        if scope
-        else local_id(uid, "segment", repr((seg.start, seg.end, seg.speaker, seg.text)))
-        for i, seg in enumerate(segments)
-    ]
-
-
-def _imported(uid: str, memory: OmiConversation, now: float) -> Conversation:
-    """The ``memory_created`` conversation as ours (not stored yet); 422 if its segment ids repeat."""
-    ids = _segment_ids(uid, memory.transcript_segments, scope=f"conversation:{memory.id}")
-    seen: set[str] = set()
-    for i, sid in enumerate(ids):
-        if sid in seen:
-            field = f"$.transcript_segments[{i}].id"
-            raise _unprocessable(f"segment id {memory.transcript_segments[i].id!r} repeats", field)
-        seen.add(sid)
-    segments = [_segment(seg, sid, 0.0) for seg, sid in zip(memory.transcript_segments, ids, strict=True)]
-    created = _epoch(memory.created_at, "$.created_at") or now
-    started = _epoch(memory.started_at, "$.started_at") or created
-    finished = _epoch(memory.finished_at, "$.finished_at") or started + max((s.end for s in segments), default=0.0)
-    return Conversation(
-        id=local_id(uid, "conversation", memory.id),
-        uid=uid,
-        status="completed",
-        source=memory.source or "omi",
-        language=memory.language or "en",
-        created_at=created,
-        started_at=started,
-        finished_at=max(finished, started),
-        last_speech_at=max(finished, started),
-        timeout_s=0,
-        discarded=memory.discarded,
-        segments=segments,
-        structured=msgspec.to_builtins(memory.structured),
-        external_id=memory.id,
-    )
 
 
 # --- state kept across requests ----------------------------------------------------------------
@@ -287,7 +85,7 @@ class _Clock:
 class _AudioSession:
     """One user's audio-bytes stream, continued by each request until it goes quiet."""
 
-    stream: LiveStream
+    live: LiveSession
     sample_rate: int
     language: str
     last_post: float  # time.monotonic()
@@ -301,7 +99,7 @@ class OmiWebhooks:
 
     def __init__(self, services: Services) -> None:
         self.services = services
-        self.summaries = DaySummaryStore(services.store.engine)
+        self.summaries = DaySummaryStore(services.storage.store.engine)
         self._clocks: dict[str, _Clock] = {}
         self._realtime_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._audio: dict[str, _AudioSession] = {}
@@ -332,7 +130,7 @@ class OmiWebhooks:
         if not memory.transcript_segments:
             log.info("memory-created: a conversation without transcript segments; nothing stored")
             return None
-        conversation = _imported(uid, memory, time.time())
+        conversation = imported(uid, memory, time.time())
         stored, changed = await self.services.conversations.import_completed(uid, conversation)
         log.info(
             "memory-created: conversation %s %s (%d segments)",
@@ -350,9 +148,9 @@ class OmiWebhooks:
             return 0
         services = self.services
         conversations = services.conversations
-        batch = dict(zip(_segment_ids(uid, segments), segments, strict=True))  # a repeated id: the last one counts
+        batch = dict(zip(segment_ids(uid, segments), segments, strict=True))  # a repeated id: the last one counts
         async with self._realtime_locks[uid]:
-            known = await services.store.owners(uid, list(batch))
+            known = await services.storage.store.owners(uid, list(batch))
             current = await conversations.current(uid)
             now = time.time()
             clock = self._clocks.get(uid)
@@ -371,7 +169,7 @@ class OmiWebhooks:
             origin = clock.origin if clock is not None else now
             changed = await conversations.upsert(
                 uid,
-                [_segment(seg, sid, origin) for sid, seg in batch.items()],
+                [omi_segment(seg, sid, origin) for sid, seg in batch.items()],
                 timeout_s=services.conversation_timeout(None),
                 source="omi",
                 language=language,
@@ -397,7 +195,7 @@ class OmiWebhooks:
                 self._audio[uid] = session
             step = 2 * sample_rate  # a second at a time, so a long body never holds up the event loop
             for i in range(0, len(pcm), step):
-                session.stream.feed(pcm[i : i + step])
+                session.live.feed(pcm[i : i + step])
                 await asyncio.sleep(0)
             session.last_post = time.monotonic()
         if self._reaper is None or self._reaper.done():
@@ -405,34 +203,26 @@ class OmiWebhooks:
 
     async def _open(self, uid: str, sample_rate: int, language: str) -> _AudioSession:
         services = self.services
-        decoder = make_decoder("pcm16", sample_rate)
-        timeout_s = services.conversation_timeout(None)
-        resumed = await services.conversations.connect(uid, timeout_s=timeout_s)
-        live = services.live_speakers
-        if live is not None and resumed is not None:
-            live.resume(uid, resumed.segments)
-        floor = resumed.finished_at if resumed else 0.0
-        stream = LiveStream(
-            decoder=decoder,
-            vad=services.vad,
-            params=services.vad_params(),
-            transcriber=services.transcriber,
+        # Times count from the first request: a few seconds late, as the cloud batches audio.
+        live = LiveSession(
+            services,
+            uid,
+            make_decoder("pcm16", sample_rate),
             language=language,
-            sink=stream_sink(services, uid, timeout_s=timeout_s, source="omi", language=language),
-            max_queued_audio_s=services.settings.stream.max_queued_audio_s,
-            speakers=(lambda: live.tracker(uid)) if live is not None else (lambda: None),
-            origin_floor=floor,  # times count from the first request: a few seconds late, as the cloud batches audio
+            source="omi",
+            timeout_s=services.conversation_timeout(None),
         )
+        try:
+            resumed = await live.open()
+        except SpeechToTextError as exc:
+            raise ServiceUnavailableException(detail=f"speech-to-text refused the stream: {exc.detail}") from exc
         log.info("audio-bytes: stream opened at %d Hz%s", sample_rate, " (resumed conversation)" if resumed else "")
-        return _AudioSession(stream, sample_rate, language, time.monotonic())
+        return _AudioSession(live, sample_rate, language, time.monotonic())
 
     async def _end(self, uid: str) -> None:
         session = self._audio.pop(uid, None)
         if session is not None:
-            try:
-                await session.stream.finish()
-            finally:
-                self.services.conversations.disconnect(uid)
+            await session.live.close()
             log.info("audio-bytes: stream closed")
 
     async def _reap(self) -> None:
@@ -476,9 +266,9 @@ async def provide_omi_uid(request: Request[Any, Any, Any], services: Services) -
     key = query.get("key", "")
     claimed = query.get("uid", "")
     if key:
-        if not key.startswith(TOKEN_PREFIX) or services.tokens is None:
+        if not key.startswith(TOKEN_PREFIX) or services.storage.tokens is None:
             raise NotAuthorizedException(detail=f"key= must be an API token (olt_…); {_TOKEN_HELP}")
-        uid = await services.tokens.resolve(key)
+        uid = await services.storage.tokens.resolve(key)
         if uid is None:
             raise NotAuthorizedException(detail="the API token in key= is not valid or was revoked")
     else:
@@ -504,7 +294,7 @@ def _provide_hooks(request: Request[Any, Any, Any], services: Services) -> OmiWe
 def _language(query: dict[str, str]) -> str:
     language = query.get("language") or "en"
     if len(language) > 16:
-        raise _unprocessable("language must be at most 16 characters", "language")
+        raise unprocessable("language must be at most 16 characters", "language")
     return "multi" if language == "auto" else language
 
 
@@ -540,7 +330,7 @@ class OmiWebhookController(Controller):
         ``structured`` title, overview, action items and events) and queued for Letta and the
         index. Sent again, it updates what changed and nothing else. 422 names a field at fault.
         """
-        memory = _decode(await request.body(), OmiConversation)
+        memory = decode_body(await request.body(), OmiConversation)
         await hooks.memory_created(omi_uid, memory)
         return hooks.reply()
 
@@ -554,7 +344,7 @@ class OmiWebhookController(Controller):
         The segments join the user's in-progress conversation and the live transcript; a segment
         sent again with the same ``id`` updates the stored one.
         """
-        body = _decode(await request.body(), OmiRealtime | list[OmiSegment])
+        body = decode_body(await request.body(), OmiRealtime | list[OmiSegment])
         segments = body.segments if isinstance(body, OmiRealtime) else body
         await hooks.realtime(omi_uid, segments, language=_language(_query(request)))
         return {}
@@ -579,12 +369,12 @@ class OmiWebhookController(Controller):
             sample_rate = int(raw_rate)
             make_decoder("pcm16", sample_rate)
         except (ValueError, UnsupportedAudioError):
-            raise _unprocessable(
+            raise unprocessable(
                 f"sample_rate must be one of {', '.join(map(str, PCM_RATES))}, not {raw_rate[:16]!r}", "sample_rate"
             ) from None
         language = _language(query)
-        if not hooks.services.transcriber.asr.supports_language(language):
-            raise _unprocessable(f"The language is not supported, {language}", "language")
+        if not hooks.services.pipeline.transcriber.asr.supports_language(language):
+            raise unprocessable(f"The language is not supported, {language}", "language")
         await hooks.audio(omi_uid, await request.body(), sample_rate=sample_rate, language=language)
         return {}
 
@@ -595,10 +385,10 @@ class OmiWebhookController(Controller):
         ``summary_json`` (sent by newer clouds) is kept too. Stored once (a repeat changes
         nothing) and listed by ``GET /v1/integrations/omi/day-summaries``.
         """
-        body: OmiDaySummary = _decode(await request.body(), OmiDaySummary)
+        body: OmiDaySummary = decode_body(await request.body(), OmiDaySummary)
         if body.uid and body.uid != omi_uid:
-            raise _unprocessable("uid in the body is not the uid of the API token", "$.uid")
-        created_at = _epoch(body.created_at, "$.created_at") or time.time()
+            raise unprocessable("uid in the body is not the uid of the API token", "$.uid")
+        created_at = epoch(body.created_at, "$.created_at") or time.time()
         _, new = await hooks.summaries.add(
             omi_uid, created_at=created_at, summary=body.summary, summary_json=body.summary_json
         )

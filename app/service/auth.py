@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import hmac
 import logging
+from typing import TYPE_CHECKING
 
+from app.service.firebase import looks_like_jwt
 from app.settings import AuthSettings
+from core.errors import AuthError
+from memory.store.tokens import PREFIX as TOKEN_PREFIX
 
-__all__ = ["DEV_UID", "AuthError", "check_operator", "resolve_uid"]
+if TYPE_CHECKING:
+    from app.service.services import Services
+
+__all__ = ["DEV_UID", "AuthError", "authenticate", "check_operator", "resolve_uid"]
 
 log = logging.getLogger(__name__)
 
 DEV_UID = "123"
-
-
-class AuthError(Exception):
-    """The request carries no usable token; the message is safe to show the client."""
 
 
 def resolve_uid(authorization: str | None, settings: AuthSettings) -> str:
@@ -65,6 +68,25 @@ def check_operator(authorization: str | None, settings: AuthSettings) -> None:
     matches = [hmac.compare_digest(token, secret) for secret in secrets]
     if not any(matches):
         raise AuthError("Invalid authorization token; this route takes ADMIN_KEY or METRICS_TOKEN")
+
+
+async def authenticate(authorization: str | None, services: Services) -> str:
+    """The uid of ``Authorization: Bearer <token>``: a Firebase ID token (the OMI app), a user's API token
+    (``olt_…``), or ``<ADMIN_KEY><uid>``.
+
+    Raises:
+        AuthError: no usable token; the message is safe to show the client.
+    """
+    token = authorization.split(" ")[-1] if authorization else ""
+    if services.firebase is not None and looks_like_jwt(token):
+        return await services.firebase.uid(token)
+    if token.startswith(TOKEN_PREFIX) and services.storage.tokens is not None:
+        uid = await services.storage.tokens.resolve(token)
+        if uid is not None:
+            return uid
+        if not services.settings.auth.local_development:
+            raise AuthError("Invalid or revoked API token")
+    return resolve_uid(authorization, services.settings.auth)
 
 
 def _dev_uid() -> str:

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import jwt
 
-from app.service.auth import AuthError
+from core.errors import AuthError
 
 __all__ = ["GOOGLE_JWKS_URL", "FirebaseVerifier", "looks_like_jwt"]
 

@@ -1,22 +1,67 @@
-"""Delivery sinks: where stored turns must arrive exactly once. Settings choose them at startup."""
+"""What leaves the store: memory search, delivery to the sinks (the index and Letta), and chat with the agents.
+
+Settings choose the sinks (``LETTA_DELIVERY``), the vector index and the embedding model here,
+once; the sink and chat share one Letta agent registry.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import asyncio
+import logging
+from dataclasses import dataclass, field
 
-from memory.delivery.deliverer import Sink
+from app.settings import Settings
+from core.metrics import Metrics
+from memory.delivery.deliverer import Deliverer, DeliveryLock, Sink
 from memory.delivery.index_sink import IndexSink
+from memory.delivery.stream_delivery import StreamDeliverer
+from memory.letta.agents import AgentRegistry, EmbeddingSpec
+from memory.letta.letta_chat import AgentChat
+from memory.letta.letta_sink import LettaSink
+from memory.redis_state import RedisState
+from memory.search.hybrid import MemorySearch, open_search
+from memory.store.conversation_store import ConversationStore
+from memory.store.outbox import Outbox, RetryPolicy
+from memory.store.tokens import TokenStore
 
-if TYPE_CHECKING:
-    from app.settings import Settings
-    from memory.search.hybrid import MemorySearch
-    from memory.store.conversation_store import ConversationStore
+__all__ = ["Outbound", "agent_registry", "delivery_for", "embedding_of", "load_sinks", "memory_search"]
 
-__all__ = ["IndexSink", "Sink", "load_sinks"]
+log = logging.getLogger(__name__)
+
+
+def memory_search(settings: Settings) -> MemorySearch:
+    """The hybrid memory search of the configured embedding model and vector index (its model loads on first use)."""
+    return open_search(settings.embeddings, settings.vector_index, settings.server.data_dir, settings.database_url)
+
+
+def embedding_of(search: MemorySearch) -> EmbeddingSpec:
+    """The name and dimension of ``search``'s model, which answers this service's ``/v1/embeddings``."""
+
+    async def embedding() -> tuple[str, int]:
+        embedder = await search.embedder()
+        return embedder.name, embedder.dim
+
+    return embedding
+
+
+def agent_registry(settings: Settings, store: ConversationStore, embedding: EmbeddingSpec) -> AgentRegistry:
+    """The Letta agents of the configured server; they embed through this service's ``/v1/embeddings``."""
+    return AgentRegistry.from_settings(
+        settings.letta,
+        settings.llm,
+        service_url=settings.service_url,
+        tokens=TokenStore(store.engine),
+        embedding=embedding,
+    )
 
 
 def load_sinks(
-    settings: Settings, store: ConversationStore, search: MemorySearch, names: tuple[str, ...] | None = None
+    settings: Settings,
+    store: ConversationStore,
+    search: MemorySearch,
+    names: tuple[str, ...] | None = None,
+    *,
+    agents: AgentRegistry | None = None,
 ) -> list[Sink]:
     """The sinks ``names`` (default ``settings.sinks``): the memory index, and each user's Letta agent."""
     sinks: list[Sink] = []
@@ -24,11 +69,97 @@ def load_sinks(
         if name == "index":
             sinks.append(IndexSink(search))
         elif name == "letta":
-            from memory.letta.letta_sink import LettaSink
-
-            async def embedding() -> tuple[str, int]:
-                embedder = await search.embedder()
-                return embedder.name, embedder.dim
-
-            sinks.append(LettaSink.from_settings(settings, store, embedding))
+            registry = agents or agent_registry(settings, store, embedding_of(search))
+            sinks.append(LettaSink.from_settings(settings.letta, store, registry))
     return sinks
+
+
+def delivery_for(
+    settings: Settings,
+    store: ConversationStore,
+    search: MemorySearch,
+    metrics: Metrics,
+    *,
+    sinks: tuple[str, ...] | None = None,
+    redis: RedisState | None = None,
+    agents: AgentRegistry | None = None,
+) -> tuple[Outbox, Deliverer]:
+    """The outbox and a (not yet started) deliverer for ``sinks`` (default: the configured ones); with
+    ``redis``, one that shares the work with other workers through Redis Streams."""
+    d = settings.delivery
+    outbox = Outbox(
+        store.engine, RetryPolicy(max_attempts=d.max_attempts, base_delay_s=d.base_delay_s, max_delay_s=d.max_delay_s)
+    )
+    chosen = load_sinks(settings, store, search, sinks, agents=agents)
+    if redis is not None:
+        c = settings.cluster
+        streams = StreamDeliverer(
+            store,
+            outbox,
+            chosen,
+            metrics=metrics,
+            redis=redis,
+            poll_s=d.poll_s,
+            claim_idle_s=c.claim_idle_s,
+            lock_ttl_s=c.lease_ttl_s,
+        )
+        return outbox, streams
+    return outbox, Deliverer(store, outbox, chosen, metrics=metrics, poll_s=d.poll_s)
+
+
+@dataclass
+class Outbound:
+    """Memory search, and, when changes are queued, the outbox, its deliverer and chat."""
+
+    search: MemorySearch
+    outbox: Outbox | None = None
+    deliverer: Deliverer | None = None  # None when changes are not queued
+    chat: AgentChat | None = None  # chat with each user's Letta agent; None without Letta delivery
+    lock: DeliveryLock | None = None  # held while this process runs the delivery loops
+    _warming: asyncio.Task[object] | None = field(default=None, repr=False)
+
+    @classmethod
+    def open(
+        cls,
+        settings: Settings,
+        store: ConversationStore,
+        metrics: Metrics,
+        *,
+        queue: bool,
+        redis: RedisState | None = None,
+    ) -> Outbound:
+        """Search over the configured index; with ``queue``, delivery to the configured sinks (not started)."""
+        search = memory_search(settings)
+        if not queue:
+            return cls(search)
+        agents = agent_registry(settings, store, embedding_of(search)) if "letta" in settings.sinks else None
+        outbox, deliverer = delivery_for(settings, store, search, metrics, redis=redis, agents=agents)
+        chat = AgentChat(agents, timeout_s=settings.llm.chat_timeout_s) if agents is not None else None
+        return cls(search, outbox, deliverer, chat)
+
+    def start_delivery(self, settings: Settings, store: ConversationStore) -> bool:
+        """Run the delivery loops here, unless another process (a running ``omi-letta serve``) does.
+
+        Returns whether this process delivers.
+        """
+        if self.deliverer is None:
+            return False
+        if self.lock is None:
+            lock = DeliveryLock(settings.server.data_dir)
+            if not lock.acquire():
+                log.warning("another process delivers from %s; this one only queues", settings.server.data_dir)
+                return False
+            self.lock = lock
+            store.on_enqueue = self.deliverer.wake
+            self.deliverer.start()
+            # Delivery embeds every turn: load the model now, not on the first one.
+            self._warming = asyncio.create_task(self.search.embedder(), name="load-embedder")
+        return True
+
+    async def close(self) -> None:
+        """Stop delivering, release the lock, close the index."""
+        if self.deliverer is not None:
+            await self.deliverer.stop()
+        if self.lock is not None:
+            self.lock.release()
+        await self.search.close()

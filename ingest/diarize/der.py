@@ -20,13 +20,13 @@ if TYPE_CHECKING:
 
     from numpy.typing import NDArray
 
-__all__ = ["DerResult", "Turn", "der", "read_rttm", "read_uem", "rttm_lines"]
+__all__ = ["DerResult", "LabelledTurn", "der", "read_rttm", "read_uem", "rttm_lines"]
 
 RESOLUTION_S = 0.001
 
 
 @dataclass(frozen=True)
-class Turn:
+class LabelledTurn:
     """One speaker speaking from ``start`` to ``end`` seconds."""
 
     start: float
@@ -52,15 +52,15 @@ class DerResult:
         return (self.missed + self.false_alarm + self.confusion) / self.reference
 
 
-def read_rttm(path: Path) -> dict[str, list[Turn]]:
+def read_rttm(path: Path) -> dict[str, list[LabelledTurn]]:
     """Turns per file id from an RTTM file (``SPEAKER <file> 1 <start> <dur> ... <speaker> ...``)."""
-    turns: dict[str, list[Turn]] = defaultdict(list)
+    turns: dict[str, list[LabelledTurn]] = defaultdict(list)
     for line in path.read_text().splitlines():
         parts = line.split()
         if len(parts) < 8 or parts[0] != "SPEAKER":
             continue
         start, duration = float(parts[3]), float(parts[4])
-        turns[parts[1]].append(Turn(start, start + duration, parts[7]))
+        turns[parts[1]].append(LabelledTurn(start, start + duration, parts[7]))
     return dict(turns)
 
 
@@ -74,7 +74,7 @@ def read_uem(path: Path) -> dict[str, list[tuple[float, float]]]:
     return dict(regions)
 
 
-def rttm_lines(file_id: str, turns: Iterable[Turn]) -> list[str]:
+def rttm_lines(file_id: str, turns: Iterable[LabelledTurn]) -> list[str]:
     """RTTM ``SPEAKER`` lines for ``turns``."""
     return [
         f"SPEAKER {file_id} 1 {t.start:.3f} {t.end - t.start:.3f} <NA> <NA> {t.speaker} <NA> <NA>"
@@ -82,7 +82,7 @@ def rttm_lines(file_id: str, turns: Iterable[Turn]) -> list[str]:
     ]
 
 
-def _activity(turns: Sequence[Turn], speakers: list[str], n: int) -> NDArray[np.bool_]:
+def _activity(turns: Sequence[LabelledTurn], speakers: list[str], n: int) -> NDArray[np.bool_]:
     grid = np.zeros((len(speakers), n), dtype=bool)
     index = {s: i for i, s in enumerate(speakers)}
     for t in turns:
@@ -99,8 +99,8 @@ def _hungarian_max(weights: NDArray[np.float64]) -> list[tuple[int, int]]:
 
 
 def der(
-    reference: Sequence[Turn],
-    hypothesis: Sequence[Turn],
+    reference: Sequence[LabelledTurn],
+    hypothesis: Sequence[LabelledTurn],
     *,
     collar: float = 0.25,
     uem: Sequence[tuple[float, float]] | None = None,

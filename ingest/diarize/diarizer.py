@@ -10,7 +10,9 @@ if TYPE_CHECKING:
     import numpy as np
     from numpy.typing import NDArray
 
-__all__ = ["Diarization", "Diarizer", "SpeakerTurn"]
+    from ingest.schema import AsrSegment
+
+__all__ = ["Diarization", "Diarizer", "SpeakerCount", "SpeakerTurn", "attribute"]
 
 
 @dataclass(frozen=True)
@@ -20,6 +22,14 @@ class SpeakerTurn:
     start: float
     end: float
     speaker: int
+
+
+@dataclass(frozen=True)
+class SpeakerCount:
+    """How many speakers a recording has: ``exact`` when it is known, else at most ``maximum`` (None: unbounded)."""
+
+    exact: int | None = None
+    maximum: int | None = None
 
 
 @dataclass
@@ -38,12 +48,45 @@ class Diarization:
         return list(seen)
 
 
+def _speaker_at(start: float, end: float, turns: list[SpeakerTurn]) -> int | None:
+    """The speaker whose turns overlap ``[start, end]`` most, else the nearest turn's speaker."""
+    overlap: dict[int, float] = {}
+    for t in turns:
+        shared = min(end, t.end) - max(start, t.start)
+        if shared > 0:
+            overlap[t.speaker] = overlap.get(t.speaker, 0.0) + shared
+    if overlap:
+        return max(overlap, key=lambda s: overlap[s])
+    if not turns:
+        return None
+    middle = (start + end) / 2
+    nearest = min(turns, key=lambda t: min(abs(t.start - middle), abs(t.end - middle)))
+    return nearest.speaker
+
+
+def attribute(seg: AsrSegment, turns: list[SpeakerTurn]) -> list[tuple[float, float, str, int]]:
+    """Split a segment (times in the file) into ``(start, end, text, speaker)`` pieces at speaker changes.
+
+    Words take the speaker they overlap most; a segment without words goes whole to one speaker.
+    """
+    if not seg.words:
+        return [(seg.start, seg.end, seg.text, _speaker_at(seg.start, seg.end, turns) or 0)]
+    pieces: list[tuple[float, float, str, int]] = []
+    for word in seg.words:
+        speaker = _speaker_at(word.start, word.end, turns) or 0
+        if pieces and pieces[-1][3] == speaker:
+            start, _, text, _ = pieces[-1]
+            pieces[-1] = (start, word.end, text + word.text, speaker)
+        else:
+            pieces.append((word.start, word.end, word.text, speaker))
+    return [(start, end, text.strip(), speaker) for start, end, text, speaker in pieces if text.strip()]
+
+
 class Diarizer(ABC):
     """Finds who spoke when in 16 kHz mono float32 audio. Blocking; called from worker threads."""
 
     name: str = "unknown"
 
-    @abstractmethod
     def diarize(
         self,
         audio: NDArray[np.float32],
@@ -52,3 +95,8 @@ class Diarizer(ABC):
         max_speakers: int | None = None,
     ) -> Diarization:
         """Diarize a whole recording; ``num_speakers`` fixes the count, otherwise it is estimated."""
+        return self.find(audio, SpeakerCount(exact=num_speakers or None, maximum=max_speakers or None))
+
+    @abstractmethod
+    def find(self, audio: NDArray[np.float32], count: SpeakerCount) -> Diarization:
+        """:meth:`diarize`, with the speaker count in one value."""

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ingest.diarize.diarizer import Diarization, Diarizer, SpeakerTurn
+from ingest.diarize.diarizer import Diarization, Diarizer, SpeakerCount, SpeakerTurn
 from ingest.diarize.encoder import FRAME_S, VoiceEncoder, mel_spectrogram
 from ingest.schema import SAMPLE_RATE
 from ingest.vad import SileroVad, speech_probabilities
@@ -256,18 +256,12 @@ class EmbeddedDiarizer(Diarizer):
         times = starts.astype(np.float64) * FRAME_S
         return Windows(times, embeddings, owner, p.window_frames * FRAME_S, seconds), mask
 
-    def diarize(
-        self,
-        audio: NDArray[np.float32],
-        *,
-        num_speakers: int | None = None,
-        max_speakers: int | None = None,
-    ) -> Diarization:
+    def find(self, audio: NDArray[np.float32], count: SpeakerCount) -> Diarization:
         """Turns and one centroid embedding per speaker; see the module docstring."""
         windows, mask = self.windows(audio)
         if len(windows.starts) == 0:
             return Diarization([])
-        labels, centroids = self.cluster(windows, num_speakers=num_speakers, max_speakers=max_speakers)
+        labels, centroids = self.cluster(windows, num_speakers=count.exact, max_speakers=count.maximum)
         turns = self.turns(windows, labels, mask)
         return Diarization(turns, {k: centroids[k] for k in range(len(centroids))})
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from core.errors import MissingDependencyError
-from ingest.diarize.diarizer import Diarization, Diarizer, SpeakerTurn
+from ingest.diarize.diarizer import Diarization, Diarizer, SpeakerCount, SpeakerTurn
 from ingest.schema import SAMPLE_RATE
 
 if TYPE_CHECKING:
@@ -204,13 +204,7 @@ class PyannoteDiarizer(Diarizer):
         log.info("pyannote pipeline %s loaded on %s", origin, device)
         return cls(pipeline, device=device, voices=voices)
 
-    def diarize(
-        self,
-        audio: NDArray[np.float32],
-        *,
-        num_speakers: int | None = None,
-        max_speakers: int | None = None,
-    ) -> Diarization:
+    def find(self, audio: NDArray[np.float32], count: SpeakerCount) -> Diarization:
         """Run the pipeline on the waveform in memory; labels become 0, 1, ... by first appearance."""
         if audio.size == 0:
             return Diarization([])
@@ -218,10 +212,10 @@ class PyannoteDiarizer(Diarizer):
 
         waveform = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)).unsqueeze(0)  # (1, samples)
         hints: dict[str, int] = {}
-        if num_speakers:
-            hints["num_speakers"] = num_speakers
-        elif max_speakers:
-            hints["max_speakers"] = max_speakers
+        if count.exact:
+            hints["num_speakers"] = count.exact
+        elif count.maximum:
+            hints["max_speakers"] = count.maximum
         with self._lock:
             output = self._pipeline({"waveform": waveform, "sample_rate": SAMPLE_RATE}, **hints)
         ids: dict[str, int] = {}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ingest.diarize.diarizer import Diarization, Diarizer, SpeakerTurn
+from ingest.diarize.diarizer import Diarization, Diarizer, SpeakerCount, SpeakerTurn
 from ingest.schema import SAMPLE_RATE
 
 if TYPE_CHECKING:
@@ -19,12 +19,6 @@ class SingleSpeaker(Diarizer):
 
     name = "none"
 
-    def diarize(
-        self,
-        audio: NDArray[np.float32],
-        *,
-        num_speakers: int | None = None,
-        max_speakers: int | None = None,
-    ) -> Diarization:
+    def find(self, audio: NDArray[np.float32], count: SpeakerCount) -> Diarization:
         """One turn spanning the whole recording."""
         return Diarization([SpeakerTurn(0.0, audio.size / SAMPLE_RATE, 0)] if audio.size else [])

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from core.segments import speaker_of
 from memory.delivery.deliverer import Delivery, Sink
-from memory.letta.passage_groups import speaker_of
 from memory.search.hybrid import MemorySearch, Turn
 
 if TYPE_CHECKING:

@@ -1,7 +1,7 @@
 """Chat with a user's agent about their past conversations, streamed from Letta's messages API.
 
 Letta leaves concurrent messages to one agent undefined, so a message waits here until the
-agent's previous one is answered (:meth:`~memory.letta.letta_sink.LettaSink.message_lock`, shared with
+agent's previous one is answered (:meth:`~memory.letta.agents.AgentRegistry.message_lock`, shared with
 the sink's close notifications). The reply arrives as :class:`ChatEvent` items: what the agent
 reasons, which tools it calls and what they return, and its answer in chunks.
 """
@@ -21,7 +21,7 @@ from letta_client import APIConnectionError, APIError, APIStatusError, APITimeou
 from core.errors import ConflictError, DeliveryError
 
 if TYPE_CHECKING:
-    from memory.letta.letta_sink import LettaSink
+    from memory.letta.agents import AgentRegistry
 
 __all__ = ["AgentChat", "ChatBusyError", "ChatEvent", "ChatUnavailableError"]
 
@@ -88,10 +88,10 @@ def to_event(item: Any) -> ChatEvent | None:
 class AgentChat:
     """Sends a user's message to their agent and streams the reply."""
 
-    def __init__(self, sink: LettaSink, *, timeout_s: float = 300.0) -> None:
-        self.sink = sink
+    def __init__(self, agents: AgentRegistry, *, timeout_s: float = 300.0) -> None:
+        self.agents = agents
         self.timeout_s = timeout_s
-        self.model_url = "" if sink.spec.model else sink.spec.llm.base_url  # named in model errors
+        self.model_url = "" if agents.spec.model else agents.spec.llm.base_url  # named in model errors
 
     async def open(self, uid: str, message: str) -> AsyncGenerator[ChatEvent, None]:
         """Start a reply: wait for the agent to be free, send ``message``, and return the reply's events.
@@ -103,16 +103,16 @@ class AgentChat:
             ChatUnavailableError: the agent or the Letta server cannot be reached.
         """
         try:
-            agent = await self.sink.agent_for(uid)
+            agent = await self.agents.agent_for(uid)
         except DeliveryError as exc:
             raise ChatUnavailableError(exc.detail) from exc
-        lock = self.sink.message_lock(agent)
+        lock = self.agents.message_lock(agent)
         try:
             await asyncio.wait_for(lock.acquire(), self.timeout_s)
         except TimeoutError:
             raise ChatBusyError("the agent is still answering an earlier message; try again shortly") from None
         try:
-            stream = await self.sink.client.agents.messages.create(
+            stream = await self.agents.client.agents.messages.create(
                 agent,
                 messages=[{"role": "user", "content": message}],
                 streaming=True,

@@ -17,9 +17,9 @@ from datetime import UTC, datetime
 import msgspec
 
 from core.conversation import Conversation
-from core.segments import TranscriptSegment, speaker_name
+from core.segments import TranscriptSegment, speaker_of
 
-__all__ = ["PassageGroup", "group_turns", "recent_block", "speaker_of", "summary_line"]
+__all__ = ["PassageGroup", "group_turns", "recent_block", "summary_line"]
 
 _WORD = re.compile(r"[^\W\d_][\w'-]{2,}", re.UNICODE)
 # Words too common to say what a conversation was about.
@@ -42,11 +42,6 @@ class PassageGroup(msgspec.Struct, frozen=True, kw_only=True):
     tags: list[str]
     created_at: str  # ISO 8601, when its first words were spoken
     turn_ids: list[str]
-
-
-def speaker_of(segment: TranscriptSegment) -> str:
-    """The name a segment's speaker goes by: ``me``, a known person's name, or ``Speaker n``."""
-    return segment.speaker_name or speaker_name(segment.speaker_id, is_user=segment.is_user)
 
 
 def _minute(ts: float) -> str:

@@ -29,7 +29,8 @@ from memory.search.vector_index import IndexHit, IndexItem, VectorIndex
 if TYPE_CHECKING:
     from memory.memory_settings import EmbeddingSettings, VectorIndexSettings
 
-from memory.search.lexical import LexicalIndex, SharedLexicalIndex, Turn, lexical_query, query_terms, tokenize
+from memory.search.lexical import LexicalIndex, Turn, lexical_query, query_terms, tokenize
+from memory.search.shared_lexical import SharedLexicalIndex
 
 __all__ = [
     "RRF_K",

@@ -19,17 +19,18 @@ import asyncio
 import math
 import re
 import unicodedata
+from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from itertools import chain, pairwise
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-import msgspec
 import numpy as np
 from numpy.typing import NDArray
 
-from memory.search.vector_index import IndexHit
+from memory.search.turn_columns import TurnColumns
+from memory.search.vector_index import IndexHit, Turn, TurnFilter
 from memory.store.crypto import installed
 from memory.store.sqlite_file import SqliteFile
 
@@ -38,7 +39,16 @@ if TYPE_CHECKING:
 
 from memory.search.porter import stem
 
-__all__ = ["TEXT_PLACE", "LexicalIndex", "Turn", "lexical_query", "query_terms", "tokenize"]
+__all__ = [
+    "TEXT_PLACE",
+    "LexicalIndex",
+    "Shard",
+    "Turn",
+    "WordSearch",
+    "lexical_query",
+    "query_terms",
+    "tokenize",
+]
 
 TEXT_PLACE = "index/lexical.db:turns.text"
 """Where a turn's text is encrypted for (the associated data of its ciphertext)."""
@@ -64,19 +74,6 @@ SPEAKER_WEIGHT = 0.5  # a word in what was said counts twice a word in who said 
 
 _INLINE_POSTINGS = 60_000  # a query reading fewer postings runs in the event loop (1 ms at most)
 _COMPACT_MIN = 1024  # rewrite a user's in-memory index once this many rows, and a quarter of all, are stale
-
-
-class Turn(msgspec.Struct, kw_only=True):
-    """A finalized turn to make searchable. Times are epoch seconds."""
-
-    uid: str
-    turn_id: str
-    conversation_id: str
-    speaker: str
-    is_user: bool
-    start: float
-    end: float
-    text: str
 
 
 # --- Words -----------------------------------------------------------------------------------
@@ -143,54 +140,27 @@ class _Postings:
         self.n += 1
 
 
-class _Shard:
+class Shard(TurnColumns):
     """One user's turns in memory: row ``i`` of every array is the same turn.
 
     Rows are appended; a replaced or deleted turn's row is only marked dead (its postings stay
     until :meth:`compact`, and are skipped). BM25 statistics count live rows only.
     """
 
+    alive: NDArray[np.bool_]
+    length: NDArray[np.float64]  # terms in the row's text and speaker name
+
     def __init__(self, capacity: int = 1024) -> None:
-        self.n = 0  # rows used, dead ones included
+        self.speaker_rows: list[int] = []  # live rows per speaker code
+        super().__init__(capacity, {"alive": ((), bool), "length": ((), np.float64)})
         self.live = 0
         self.total_length = 0.0  # terms in all live rows, for the average row length
-        self.alive = np.zeros(capacity, dtype=bool)
-        self.length = np.zeros(capacity, dtype=np.float64)  # terms in the row's text and speaker name
-        self.conversation = np.zeros(capacity, dtype=np.int32)  # code of conversation_id
-        self.speaker = np.zeros(capacity, dtype=np.int32)  # code of speaker
-        self.start = np.zeros(capacity, dtype=np.float64)
-        self.end = np.zeros(capacity, dtype=np.float64)
-        self.is_user = np.zeros(capacity, dtype=bool)
-        self.ids: list[str] = []
-        self.texts: list[str] = []
-        self.row: dict[str, int] = {}  # live rows only
-        self.codes: dict[str, dict[str, int]] = {"conversation": {}, "speaker": {}}
-        self.names: dict[str, list[str]] = {"conversation": [], "speaker": []}
-        self.speaker_rows: list[int] = []  # live rows per speaker code
         self.speaker_terms: dict[str, Counter[str]] = {}
         self.postings: dict[str, _Postings] = {}
 
-    _COLUMNS = ("alive", "length", "conversation", "speaker", "start", "end", "is_user")
-
-    def _code(self, kind: str, value: str) -> int:
-        codes = self.codes[kind]
-        if value not in codes:
-            codes[value] = len(codes)
-            self.names[kind].append(value)
-            if kind == "speaker":
-                self.speaker_rows.append(0)
-        return codes[value]
-
-    def _grow(self, needed: int) -> None:
-        capacity = len(self.alive)
-        if needed <= capacity:
-            return
-        capacity = max(needed, capacity * 2)
-        for attr in self._COLUMNS:
-            old = getattr(self, attr)
-            new = np.zeros(capacity, dtype=old.dtype)
-            new[: self.n] = old[: self.n]
-            setattr(self, attr, new)
+    def new_code(self, kind: str) -> None:
+        if kind == "speaker":
+            self.speaker_rows.append(0)
 
     def _terms(self, turn: Turn) -> tuple[dict[str, float], int]:
         """Each term's weighted frequency in the turn, and the turn's length in terms (both columns)."""
@@ -204,20 +174,11 @@ class _Shard:
         return freqs, sum(said.values()) + sum(by.values())
 
     def _append(self, turn: Turn, length: int) -> int:
-        self._grow(self.n + 1)
-        i = self.n
-        self.n += 1
-        self.ids.append(turn.turn_id)
-        self.texts.append(turn.text)
-        self.row[turn.turn_id] = i
+        i = self.append(turn.turn_id, turn.text)
         self.alive[i] = True
         self.length[i] = length
-        self.conversation[i] = self._code("conversation", turn.conversation_id)
-        code = self.speaker[i] = self._code("speaker", turn.speaker)
-        self.speaker_rows[code] += 1
-        self.start[i] = turn.start
-        self.end[i] = turn.end
-        self.is_user[i] = turn.is_user
+        self.set_meta(i, turn)
+        self.speaker_rows[self.speaker[i]] += 1
         self.live += 1
         self.total_length += length
         return i
@@ -231,7 +192,7 @@ class _Shard:
         self.total_length -= self.length[i]
 
     @classmethod
-    def load(cls, rows: Sequence[tuple[str, str, str, int, float, float, str]]) -> _Shard:
+    def load(cls, rows: Sequence[tuple[str, str, str, int, float, float, str]]) -> Shard:
         """A shard of one user's turns as ``(turn_id, conversation_id, speaker, is_user, start, end,
         text)`` rows with distinct ids: words cut in one pass, postings built by one sort."""
         n = len(rows)
@@ -243,8 +204,8 @@ class _Shard:
         shard.ids, shard.texts = list(ids), list(texts)
         shard.row = {turn_id: i for i, turn_id in enumerate(ids)}
         shard.alive[:n] = True
-        shard.conversation[:n] = [shard._code("conversation", c) for c in conversations]
-        shard.speaker[:n] = [shard._code("speaker", s) for s in speakers]
+        shard.conversation[:n] = [shard.code("conversation", c) for c in conversations]
+        shard.speaker[:n] = [shard.code("speaker", s) for s in speakers]
         shard.start[:n], shard.end[:n], shard.is_user[:n] = start, end, is_user
         speaker = shard.speaker[:n]  # (n,)
         shard.speaker_rows = np.bincount(speaker, minlength=len(shard.names["speaker"])).tolist()
@@ -321,12 +282,7 @@ class _Shard:
         keep = np.flatnonzero(self.alive[: self.n])  # (live,) old row of each new row
         remap = np.full(self.n, -1, dtype=np.int32)
         remap[keep] = np.arange(len(keep), dtype=np.int32)
-        capacity = max(1024, 2 * len(keep))
-        for attr in self._COLUMNS:
-            old = getattr(self, attr)
-            new = np.zeros(capacity, dtype=old.dtype)
-            new[: len(keep)] = old[keep]
-            setattr(self, attr, new)
+        self.resize(max(1024, 2 * len(keep)), keep)
         self.ids = [self.ids[i] for i in keep]
         self.texts = [self.texts[i] for i in keep]
         self.row = {turn_id: i for i, turn_id in enumerate(self.ids)}
@@ -351,40 +307,10 @@ class _Shard:
         """How many postings a query for ``terms`` reads."""
         return sum(p.n for p in (self.postings.get(t) for t in terms) if p is not None)
 
-    def hit(self, i: int, score: float) -> IndexHit:
-        return IndexHit(
-            turn_id=self.ids[i],
-            conversation_id=self.names["conversation"][self.conversation[i]],
-            speaker=self.names["speaker"][self.speaker[i]],
-            is_user=bool(self.is_user[i]),
-            start=float(self.start[i]),
-            end=float(self.end[i]),
-            text=self.texts[i],
-            score=score,
-        )
-
-    def search(
-        self,
-        terms: Sequence[str],
-        limit: int,
-        speaker: str | None,
-        conversation_id: str | None,
-        since: float | None,
-        until: float | None,
-    ) -> list[IndexHit]:
+    def search(self, terms: Sequence[str], limit: int, where: TurnFilter) -> list[IndexHit]:
         """The best ``limit`` live rows holding any of ``terms`` by BM25, best first; ties go to the later turn."""
         if self.live == 0 or limit <= 0:
             return []
-        codes: list[tuple[NDArray[np.int32], int]] = []
-        for kind, value, column in (
-            ("speaker", speaker, self.speaker),
-            ("conversation", conversation_id, self.conversation),
-        ):
-            if value is not None:
-                code = self.codes[kind].get(value)
-                if code is None:
-                    return []
-                codes.append((column, code))
         avgdl = self.total_length / self.live
         dead = self.n != self.live
         scores: NDArray[np.float64] | None = None  # (n,) summed over terms
@@ -411,13 +337,7 @@ class _Shard:
         if scores is None:
             return []
         found = np.flatnonzero(scores > 0.0)  # (m,) rows holding a term (a bool mask is 10x faster)
-        keep: NDArray[np.bool_] | None = None
-        for column, code in codes:
-            keep = column[found] == code if keep is None else keep & (column[found] == code)
-        if since is not None:
-            keep = self.end[found] >= since if keep is None else keep & (self.end[found] >= since)
-        if until is not None:
-            keep = self.start[found] <= until if keep is None else keep & (self.start[found] <= until)
+        keep = self.mask(where, found)
         if keep is not None:
             found = found[keep]
         return [self.hit(int(i), float(scores[i])) for i in _top(found, scores[found], self.start[found], limit)]
@@ -435,6 +355,32 @@ def _top(rows: NDArray[np.intp], scores: NDArray[np.float64], start: NDArray[np.
         pick = np.concatenate([above, tied])
         rows, scores, start = rows[pick], scores[pick], start[pick]
     return rows[np.lexsort((-start, -scores))[:k]]
+
+
+class WordSearch(ABC):
+    """BM25 over each user's turns; :meth:`query` takes the words and filters, :meth:`scored` does the work."""
+
+    async def query(
+        self,
+        uid: str,
+        text: str,
+        *,
+        limit: int,
+        speaker: str | None = None,
+        conversation_id: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> list[IndexHit]:
+        """The user's best ``limit`` turns for the words of ``text``; ``score`` is BM25 (higher is better)."""
+        terms = query_terms(text)
+        if not terms:
+            return []
+        where = TurnFilter(speaker=speaker, conversation_id=conversation_id, since=since, until=until)
+        return await self.scored(uid, terms, limit, where)
+
+    @abstractmethod
+    async def scored(self, uid: str, terms: list[str], limit: int, where: TurnFilter) -> list[IndexHit]:
+        """The user's best ``limit`` turns holding any of the index terms ``terms``, that pass ``where``."""
 
 
 _SCHEMA = """
@@ -459,7 +405,7 @@ DROP TABLE IF EXISTS turns_fts;
 # Files written before the index moved into memory have an FTS5 table kept by triggers: dropped.
 
 
-class LexicalIndex(SqliteFile):
+class LexicalIndex(SqliteFile, WordSearch):
     """Turn texts and speaker names of every user in ``folder/lexical.db``, searched by BM25 in memory.
 
     Every write is committed to the file before it returns, and is visible to the next search.
@@ -467,9 +413,9 @@ class LexicalIndex(SqliteFile):
 
     def __init__(self, folder: Path) -> None:
         super().__init__(folder / "lexical.db", _SCHEMA, "lexical index")
-        self._shards: dict[str, _Shard] = {}  # users whose turns are in memory
+        self._shards: dict[str, Shard] = {}  # users whose turns are in memory
 
-    def _shard(self, uid: str) -> _Shard:
+    def _shard(self, uid: str) -> Shard:
         """The user's in-memory index, read from the file on first use (the caller holds the lock)."""
         shard = self._shards.get(uid)
         if shard is None:
@@ -481,10 +427,10 @@ class LexicalIndex(SqliteFile):
                     (uid,),
                 )
             ]
-            shard = self._shards[uid] = _Shard.load(rows)
+            shard = self._shards[uid] = Shard.load(rows)
         return shard
 
-    async def _inline(self, uid: str, fn: Callable[[_Shard], T], work: Callable[[_Shard], int] | None = None) -> T:
+    async def _inline(self, uid: str, fn: Callable[[Shard], T], work: Callable[[Shard], int] | None = None) -> T:
         """``fn(shard)`` right in the event loop when it is quick: the user's index is in memory, the
         connection is free and ``work`` (postings to read) is small; otherwise in a worker thread."""
         if self._lock.acquire(blocking=False):
@@ -557,7 +503,7 @@ class LexicalIndex(SqliteFile):
                     shard.remove_conversation(conversation_id)
             else:
                 self._db.execute("DELETE FROM turns WHERE uid = ?", (uid,))
-                self._shards[uid] = _Shard()
+                self._shards[uid] = Shard()
                 return
             if shard is not None:
                 shard.maybe_compact()
@@ -568,42 +514,15 @@ class LexicalIndex(SqliteFile):
         """The stored spelling of the user's speaker ``speaker`` (compared without case), if any."""
         return await self._inline(uid, lambda shard: shard.speaker_name(speaker))
 
-    async def query(
-        self,
-        uid: str,
-        text: str,
-        *,
-        limit: int,
-        speaker: str | None = None,
-        conversation_id: str | None = None,
-        since: float | None = None,
-        until: float | None = None,
-    ) -> list[IndexHit]:
-        """The user's best ``limit`` turns for the words of ``text``; ``score`` is BM25 (higher is better)."""
-        terms = query_terms(text)
-        if not terms:
-            return []
-        return await self._inline(
-            uid,
-            lambda shard: shard.search(terms, limit, speaker, conversation_id, since, until),
-            lambda shard: shard.cost(terms),
-        )
+    async def scored(self, uid: str, terms: list[str], limit: int, where: TurnFilter) -> list[IndexHit]:
+        return await self._inline(uid, lambda shard: shard.search(terms, limit, where), lambda shard: shard.cost(terms))
 
-    def query_sync(
-        self,
-        uid: str,
-        text: str,
-        limit: int,
-        speaker: str | None = None,
-        conversation_id: str | None = None,
-        since: float | None = None,
-        until: float | None = None,
-    ) -> list[IndexHit]:
+    def query_sync(self, uid: str, text: str, limit: int, where: TurnFilter | None = None) -> list[IndexHit]:
         """:meth:`query` in the calling thread (the caller holds no lock)."""
         terms = query_terms(text)
         if not terms:
             return []
-        return self.locked(lambda: self._shard(uid).search(terms, limit, speaker, conversation_id, since, until))
+        return self.locked(lambda: self._shard(uid).search(terms, limit, where or TurnFilter()))
 
     async def count(self, uid: str) -> int:
         """How many of the user's turns are indexed."""
@@ -624,83 +543,6 @@ class LexicalIndex(SqliteFile):
             self._db.close()
 
         await self.run(close)
-
-
-class TurnSource(Protocol):
-    """Where a :class:`SharedLexicalIndex` reads turns: a store shared by every worker (the pgvector table)."""
-
-    async def version(self, uid: str) -> int:
-        """A number that changes whenever the user's turns change."""
-        ...
-
-    async def turns(self, uid: str) -> tuple[int, list[tuple[str, str, str, bool, float, float, str]]]:
-        """The user's version and all their turns."""
-        ...
-
-
-class SharedLexicalIndex:
-    """BM25 over turns that several workers write: the words are read from a shared ``source``.
-
-    The vector index (pgvector) already holds each turn's text, so writes here change nothing;
-    a search first asks the source for the user's version and reloads the user's in-memory
-    index when another write (by any worker) has moved it. The cost is one small query per
-    search, and a reload (about 0.1 s per 10k turns) after each change.
-    """
-
-    def __init__(self, source: TurnSource) -> None:
-        self.source = source
-        self._shards: dict[str, tuple[int, _Shard]] = {}
-        self._loading: dict[str, asyncio.Lock] = {}
-
-    async def _shard(self, uid: str) -> _Shard:
-        version = await self.source.version(uid)
-        cached = self._shards.get(uid)
-        if cached is not None and cached[0] == version:
-            return cached[1]
-        async with self._loading.setdefault(uid, asyncio.Lock()):
-            cached = self._shards.get(uid)
-            if cached is not None and cached[0] >= version:
-                return cached[1]
-            loaded, rows = await self.source.turns(uid)
-            shard = await asyncio.to_thread(_Shard.load, [(*r[:3], int(r[3]), *r[4:]) for r in rows])
-            self._shards[uid] = (loaded, shard)
-            return shard
-
-    async def upsert(self, turns: Sequence[Turn]) -> None:
-        """Nothing to do: the shared source holds the turns once the vector index has them."""
-
-    async def delete(self, uid: str, ids: Sequence[str] | None = None, conversation_id: str | None = None) -> None:
-        """Nothing to do: the next search sees the source's new version."""
-
-    async def speaker_name(self, uid: str, speaker: str) -> str | None:
-        """The stored spelling of the user's speaker ``speaker`` (compared without case), if any."""
-        return (await self._shard(uid)).speaker_name(speaker)
-
-    async def query(
-        self,
-        uid: str,
-        text: str,
-        *,
-        limit: int,
-        speaker: str | None = None,
-        conversation_id: str | None = None,
-        since: float | None = None,
-        until: float | None = None,
-    ) -> list[IndexHit]:
-        """The user's best ``limit`` turns for the words of ``text``; ``score`` is BM25 (higher is better)."""
-        terms = query_terms(text)
-        if not terms:
-            return []
-        shard = await self._shard(uid)
-        return await asyncio.to_thread(shard.search, terms, limit, speaker, conversation_id, since, until)
-
-    async def count(self, uid: str) -> int:
-        """How many of the user's turns are indexed."""
-        return (await self._shard(uid)).live
-
-    async def close(self) -> None:
-        """Drop the in-memory indexes (the source is closed by its owner)."""
-        self._shards.clear()
 
 
 # --- Hybrid search ---------------------------------------------------------------------------

@@ -21,7 +21,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from core.errors import VectorIndexError
-from memory.search.vector_index import IndexHit, IndexItem, VectorIndex
+from memory.search.turn_columns import TurnColumns
+from memory.search.vector_index import IndexHit, IndexItem, TurnFilter, TurnText, VectorIndex
 from memory.store.crypto import installed
 from memory.store.sqlite_file import SqliteFile
 
@@ -51,59 +52,23 @@ CREATE INDEX IF NOT EXISTS ix_turns_uid_conversation ON turns (uid, conversation
 _GATHER_FRACTION = 0.15  # below this share of rows passing the filters, gather them before scoring
 
 
-class _Shard:
-    """One user's turns in memory: row ``i`` of every array is the same turn."""
+class _Shard(TurnColumns):
+    """One user's turns in memory, with the ``(capacity, dim)`` matrix of their vectors."""
+
+    matrix: NDArray[np.float32]
 
     def __init__(self, dim: int, capacity: int = 1024) -> None:
+        super().__init__(capacity, {"matrix": ((dim,), np.float32)})
         self.dim = dim
-        self.n = 0
-        self.matrix = np.zeros((capacity, dim), dtype=np.float32)  # (capacity, dim), rows [:n] used
-        self.conversation = np.zeros(capacity, dtype=np.int32)  # code of conversation_id
-        self.speaker = np.zeros(capacity, dtype=np.int32)  # code of speaker
-        self.start = np.zeros(capacity, dtype=np.float64)
-        self.end = np.zeros(capacity, dtype=np.float64)
-        self.is_user = np.zeros(capacity, dtype=bool)
-        self.ids: list[str] = []
-        self.texts: list[str] = []
-        self.row: dict[str, int] = {}
-        self.codes: dict[str, dict[str, int]] = {"conversation": {}, "speaker": {}}
-        self.names: dict[str, list[str]] = {"conversation": [], "speaker": []}
-
-    def _code(self, kind: str, value: str) -> int:
-        codes = self.codes[kind]
-        if value not in codes:
-            codes[value] = len(codes)
-            self.names[kind].append(value)
-        return codes[value]
-
-    def _grow(self, needed: int) -> None:
-        capacity = len(self.matrix)
-        if needed <= capacity:
-            return
-        capacity = max(needed, capacity * 2)
-        for attr in ("matrix", "conversation", "speaker", "start", "end", "is_user"):
-            old = getattr(self, attr)
-            new = np.zeros((capacity, *old.shape[1:]), dtype=old.dtype)
-            new[: self.n] = old[: self.n]
-            setattr(self, attr, new)
 
     def put(self, item: IndexItem, vector: NDArray[np.float32]) -> None:
         i = self.row.get(item.turn_id)
         if i is None:
-            self._grow(self.n + 1)
-            i = self.n
-            self.n += 1
-            self.ids.append(item.turn_id)
-            self.texts.append(item.text)
-            self.row[item.turn_id] = i
+            i = self.append(item.turn_id, item.text)
         else:
             self.texts[i] = item.text
         self.matrix[i] = vector
-        self.conversation[i] = self._code("conversation", item.conversation_id)
-        self.speaker[i] = self._code("speaker", item.speaker)
-        self.start[i] = item.start
-        self.end[i] = item.end
-        self.is_user[i] = item.is_user
+        self.set_meta(i, item)
 
     def remove(self, turn_ids: Iterable[str]) -> None:
         """Drop turns by moving the last row into each hole."""
@@ -113,55 +78,14 @@ class _Shard:
                 continue
             last = self.n - 1
             if i != last:
-                for arr in (self.matrix, self.conversation, self.speaker, self.start, self.end, self.is_user):
-                    arr[i] = arr[last]
-                self.ids[i] = self.ids[last]
-                self.texts[i] = self.texts[last]
-                self.row[self.ids[i]] = i
+                self.move(last, i)
             self.ids.pop()
             self.texts.pop()
             self.n = last
 
-    def hit(self, i: int, score: float) -> IndexHit:
-        return IndexHit(
-            turn_id=self.ids[i],
-            conversation_id=self.names["conversation"][self.conversation[i]],
-            speaker=self.names["speaker"][self.speaker[i]],
-            is_user=bool(self.is_user[i]),
-            start=float(self.start[i]),
-            end=float(self.end[i]),
-            text=self.texts[i],
-            score=score,
-        )
-
-    def search(
-        self,
-        vector: NDArray[np.float32],
-        limit: int,
-        speaker: str | None,
-        conversation_id: str | None,
-        since: float | None,
-        until: float | None,
-    ) -> list[IndexHit]:
+    def search(self, vector: NDArray[np.float32], limit: int, where: TurnFilter) -> list[IndexHit]:
         n = self.n
-        mask: NDArray[np.bool_] | None = None
-        for kind, value, column in (
-            ("conversation", conversation_id, self.conversation),
-            ("speaker", speaker, self.speaker),
-        ):
-            if value is None:
-                continue
-            code = self.codes[kind].get(value)
-            if code is None:
-                return []
-            keep = column[:n] == code
-            mask = keep if mask is None else mask & keep
-        if since is not None:
-            keep = self.end[:n] >= since
-            mask = keep if mask is None else mask & keep
-        if until is not None:
-            keep = self.start[:n] <= until
-            mask = keep if mask is None else mask & keep
+        mask = self.mask(where)
         if mask is None:
             rows = None
             scores = self.matrix[:n] @ vector  # (n,)
@@ -207,16 +131,18 @@ class LocalVectorIndex(SqliteFile, VectorIndex):
             dim = len(vectors[0]) // 4
             shard = _Shard(dim, capacity=max(1024, len(rows)))
             shard.matrix[: len(rows)] = np.frombuffer(b"".join(vectors), dtype="<f4").reshape(-1, dim)
-            for i, (turn_id, conversation_id, speaker, is_user, start, end, text, _) in enumerate(rows):
-                shard.ids.append(turn_id)
-                shard.texts.append(keys.decrypt_text(text, TEXT_PLACE))
-                shard.row[turn_id] = i
-                shard.conversation[i] = shard._code("conversation", conversation_id)
-                shard.speaker[i] = shard._code("speaker", speaker)
-                shard.start[i] = start
-                shard.end[i] = end
-                shard.is_user[i] = bool(is_user)
-            shard.n = len(rows)
+            for turn_id, conversation_id, speaker, is_user, start, end, text, _ in rows:
+                i = shard.append(turn_id, keys.decrypt_text(text, TEXT_PLACE))
+                meta = TurnText(
+                    turn_id=turn_id,
+                    conversation_id=conversation_id,
+                    speaker=speaker,
+                    is_user=bool(is_user),
+                    start=start,
+                    end=end,
+                    text="",
+                )
+                shard.set_meta(i, meta)
         self._shards[uid] = shard
         return shard
 
@@ -286,50 +212,23 @@ class LocalVectorIndex(SqliteFile, VectorIndex):
         if shard is not None:
             shard.remove(gone)
 
-    async def query(
-        self,
-        uid: str,
-        vector: NDArray[np.float32],
-        *,
-        limit: int,
-        speaker: str | None = None,
-        conversation_id: str | None = None,
-        since: float | None = None,
-        until: float | None = None,
-    ) -> list[IndexHit]:
-        return await self.run(self._query, uid, vector, limit, speaker, conversation_id, since, until)
+    async def nearest(self, uid: str, vector: NDArray[np.float32], limit: int, where: TurnFilter) -> list[IndexHit]:
+        return await self.run(self._nearest, uid, vector, limit, where)
 
-    def _query(
-        self,
-        uid: str,
-        vector: NDArray[np.float32],
-        limit: int,
-        speaker: str | None,
-        conversation_id: str | None,
-        since: float | None,
-        until: float | None,
-    ) -> list[IndexHit]:
+    def _nearest(self, uid: str, vector: NDArray[np.float32], limit: int, where: TurnFilter) -> list[IndexHit]:
         shard = self._shard(uid)
         if shard is None or shard.n == 0:
             return []
         query = np.asarray(vector, dtype=np.float32).reshape(-1)
         if len(query) != shard.dim:
             raise VectorIndexError(f"a {len(query)}-d query does not fit the index of {shard.dim}-d vectors")
-        return shard.search(query, limit, speaker, conversation_id, since, until)
+        return shard.search(query, limit, where)
 
     def search_sync(
-        self,
-        uid: str,
-        vector: NDArray[np.float32],
-        *,
-        limit: int,
-        speaker: str | None = None,
-        conversation_id: str | None = None,
-        since: float | None = None,
-        until: float | None = None,
+        self, uid: str, vector: NDArray[np.float32], *, limit: int, where: TurnFilter | None = None
     ) -> list[IndexHit]:
         """:meth:`query` without a worker thread (benchmarks, scripts)."""
-        return self.locked(self._query, uid, vector, limit, speaker, conversation_id, since, until)
+        return self.locked(self._nearest, uid, vector, limit, where or TurnFilter())
 
     async def fetch(self, uid: str, ids: Sequence[str]) -> list[IndexItem]:
         return await self.run(self._fetch, uid, ids)

@@ -21,7 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from core.errors import VectorIndexError
-from memory.search.vector_index import IndexHit, IndexItem, VectorIndex
+from memory.search.vector_index import IndexHit, IndexItem, TurnFilter, VectorIndex
 from memory.store import crypto
 
 __all__ = ["PgVectorIndex"]
@@ -165,32 +165,22 @@ class PgVectorIndex(VectorIndex):
                 await conn.execute(text(sql), {"uid": uid, **params})
                 await conn.execute(_BUMP, {"uid": uid})
 
-    async def query(
-        self,
-        uid: str,
-        vector: NDArray[np.float32],
-        *,
-        limit: int,
-        speaker: str | None = None,
-        conversation_id: str | None = None,
-        since: float | None = None,
-        until: float | None = None,
-    ) -> list[IndexHit]:
+    async def nearest(self, uid: str, vector: NDArray[np.float32], limit: int, where: TurnFilter) -> list[IndexHit]:
         await self._schema()
-        where = ["uid = :uid"]
+        clauses = ["uid = :uid"]
         params: dict[str, Any] = {"uid": uid, "q": _literal(vector), "limit": limit}
         for clause, name, value in (
-            ("speaker = :speaker", "speaker", speaker),
-            ("conversation_id = :cid", "cid", conversation_id),
-            ("end_s >= :since", "since", since),
-            ("start_s <= :until", "until", until),
+            ("speaker = :speaker", "speaker", where.speaker),
+            ("conversation_id = :cid", "cid", where.conversation_id),
+            ("end_s >= :since", "since", where.since),
+            ("start_s <= :until", "until", where.until),
         ):
             if value is not None:
-                where.append(clause)
+                clauses.append(clause)
                 params[name] = value
         sql = (
             f"SELECT {_COLUMNS}, 1 - (embedding <=> CAST(:q AS vector)) AS score FROM turn_vectors "
-            f"WHERE {' AND '.join(where)} ORDER BY embedding <=> CAST(:q AS vector), turn_id LIMIT :limit"
+            f"WHERE {' AND '.join(clauses)} ORDER BY embedding <=> CAST(:q AS vector), turn_id LIMIT :limit"
         )
         with _map_errors("query"):
             async with self._engine.connect() as conn:

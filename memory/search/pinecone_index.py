@@ -17,7 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from core.errors import VectorIndexError
-from memory.search.vector_index import IndexHit, IndexItem, VectorIndex
+from memory.search.vector_index import IndexHit, IndexItem, TurnFilter, VectorIndex
 
 __all__ = ["PineconeIndex"]
 
@@ -101,26 +101,16 @@ class PineconeIndex(VectorIndex):
         else:
             await self._run("delete", self._index.delete, delete_all=True, namespace=uid)
 
-    async def query(
-        self,
-        uid: str,
-        vector: NDArray[np.float32],
-        *,
-        limit: int,
-        speaker: str | None = None,
-        conversation_id: str | None = None,
-        since: float | None = None,
-        until: float | None = None,
-    ) -> list[IndexHit]:
+    async def nearest(self, uid: str, vector: NDArray[np.float32], limit: int, where: TurnFilter) -> list[IndexHit]:
         clauses: list[dict[str, Any]] = []
-        if speaker is not None:
-            clauses.append({"speaker": {"$eq": speaker}})
-        if conversation_id is not None:
-            clauses.append({"conversation_id": {"$eq": conversation_id}})
-        if since is not None:
-            clauses.append({"end": {"$gte": since}})
-        if until is not None:
-            clauses.append({"start": {"$lte": until}})
+        if where.speaker is not None:
+            clauses.append({"speaker": {"$eq": where.speaker}})
+        if where.conversation_id is not None:
+            clauses.append({"conversation_id": {"$eq": where.conversation_id}})
+        if where.since is not None:
+            clauses.append({"end": {"$gte": where.since}})
+        if where.until is not None:
+            clauses.append({"start": {"$lte": where.until}})
         response = await self._run(
             "query",
             self._index.query,

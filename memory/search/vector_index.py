@@ -9,13 +9,12 @@ import msgspec
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["IndexHit", "IndexItem", "VectorIndex"]
+__all__ = ["IndexHit", "IndexItem", "Turn", "TurnFilter", "TurnText", "VectorIndex"]
 
 
-class IndexItem(msgspec.Struct, kw_only=True):
-    """One turn in the index. Times are epoch seconds; ``vector`` has unit length."""
+class TurnText(msgspec.Struct, kw_only=True):
+    """What a search knows of a turn: who said what, when, in which conversation. Times are epoch seconds."""
 
-    uid: str
     turn_id: str
     conversation_id: str
     speaker: str
@@ -23,29 +22,45 @@ class IndexItem(msgspec.Struct, kw_only=True):
     start: float
     end: float
     text: str
+
+
+class Turn(TurnText, kw_only=True):
+    """A finalized turn of user ``uid`` to make searchable."""
+
+    uid: str
+
+
+class IndexItem(Turn, kw_only=True):
+    """One turn in the vector index; ``vector`` has unit length."""
+
     vector: NDArray[np.float32]
 
 
-class IndexHit(msgspec.Struct, kw_only=True):
+class IndexHit(TurnText, kw_only=True):
     """A turn found by a search, with its score (cosine similarity for a vector search)."""
 
-    turn_id: str
-    conversation_id: str
-    speaker: str
-    is_user: bool
-    start: float
-    end: float
-    text: str
     score: float
+
+
+class TurnFilter(msgspec.Struct, frozen=True, kw_only=True):
+    """Which turns a search may return; the filters combine with AND.
+
+    ``speaker`` matches the stored name exactly, ``conversation_id`` one conversation, and
+    ``since``/``until`` (epoch seconds) keep turns that overlap that span (``end >= since`` and
+    ``start <= until``).
+    """
+
+    speaker: str | None = None
+    conversation_id: str | None = None
+    since: float | None = None
+    until: float | None = None
 
 
 class VectorIndex(ABC):
     """Turn vectors kept apart per user (``uid``); a turn is keyed by ``(uid, turn_id)``.
 
-    Every method is a coroutine. Upserting a known ``turn_id`` replaces that turn. Filters of
-    :meth:`query` combine with AND: ``speaker`` matches the stored name exactly,
-    ``conversation_id`` one conversation, and ``since``/``until`` (epoch seconds) keep turns
-    that overlap that span (``end >= since`` and ``start <= until``). Hits come best first.
+    Every method is a coroutine. Upserting a known ``turn_id`` replaces that turn. The filters
+    of :meth:`query` are a :class:`TurnFilter`'s. Hits come best first.
     Implementations translate their own errors to :class:`core.errors.VectorIndexError`,
     and release what they hold in :meth:`close`.
     """
@@ -61,7 +76,6 @@ class VectorIndex(ABC):
     async def delete(self, uid: str, ids: Sequence[str] | None = None, conversation_id: str | None = None) -> None:
         """Remove the user's turns ``ids``, or those of one conversation, or (neither given) all of them."""
 
-    @abstractmethod
     async def query(
         self,
         uid: str,
@@ -74,6 +88,12 @@ class VectorIndex(ABC):
         until: float | None = None,
     ) -> list[IndexHit]:
         """The user's ``limit`` turns most similar to ``vector`` that pass the filters."""
+        where = TurnFilter(speaker=speaker, conversation_id=conversation_id, since=since, until=until)
+        return await self.nearest(uid, vector, limit, where)
+
+    @abstractmethod
+    async def nearest(self, uid: str, vector: NDArray[np.float32], limit: int, where: TurnFilter) -> list[IndexHit]:
+        """:meth:`query`, with the filters in one value."""
 
     @abstractmethod
     async def fetch(self, uid: str, ids: Sequence[str]) -> list[IndexItem]:

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 import redis
@@ -206,6 +207,54 @@ async def test_a_device_that_moves_to_another_worker_keeps_its_conversation_and_
     for worker in (a, b):  # either worker's search finds what the other delivered
         hits = worker.get("/v1/memory/search", uid=uid, params={"q": "appointment next Tuesday"}).json()["items"]
         assert hits and "tuesday" in hits[0]["text"].lower()
+
+
+async def post_audio(worker: ServerProcess, uid: str, wav: Path) -> None:
+    """POST ``wav`` to the worker's ``audio-bytes`` webhook as the OMI cloud does: PCM16 in 1 s requests, at 4x."""
+    audio, rate = soundfile.read(wav, dtype="float32")
+    pcm = (np.clip(np.concatenate([audio, np.zeros(24_000, np.float32)]), -1, 1) * 32767).astype("<i2").tobytes()
+    url = f"{worker.http}/v1/integrations/omi/audio-bytes?sample_rate={rate}&uid={uid}"
+    async with httpx.AsyncClient(timeout=30, headers={"Authorization": f"Bearer {token(uid)}"}) as http:
+        for i in range(0, len(pcm), 2 * rate):
+            reply = await http.post(url, content=pcm[i : i + 2 * rate])
+            assert reply.status_code == 200, reply.text
+            await asyncio.sleep(0.25)
+
+
+async def until(check: Any, timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while not (found := check()):
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.2)
+    return found
+
+
+async def test_the_audio_bytes_webhook_holds_the_lease_and_resumes_as_a_device_stream_does(
+    cluster: Cluster, halves: tuple[Path, Path], redis_server: RedisServer
+):
+    """Issue "One house": the webhook's stream runs through the same LiveSession as ``/v4/listen``."""
+    a, b = cluster.workers["a"], cluster.workers["b"]
+    uid = f"hook-{uuid.uuid4().hex[:8]}"
+    keys = redis.Redis.from_url(redis_server.url)
+    lease = f"omi-letta:in_progress:{uid}"
+
+    await post_audio(a, uid, halves[0])
+    assert keys.get(lease) == b"a", "while its audio comes in, the webhook's stream holds the user's lease"
+    # No request for WS_INACTIVITY_TIMEOUT_S ends the stream: it shares its speakers and lets the lease go.
+    await until(lambda: keys.get(lease) is None, 30, "the lease is let go once the stream ends")
+    first = only_conversation(a, uid)
+    assert keys.exists(f"omi-letta:speakers:{first['id']}"), "the speaker state is shared for the next worker"
+
+    await post_audio(b, uid, halves[1])
+    assert keys.get(lease) == b"b"
+    await until(lambda: keys.get(lease) is None, 30, "the second stream ends too")
+    conversation = only_conversation(b, uid)
+    assert conversation["id"] == first["id"], "the second worker resumed the conversation"
+    speakers = said_once(conversation)
+    first_voice = {speakers[w] for w in ("report", "lunch", "prescription")}
+    second_voice = {speakers[w] for w in ("yesterday", "friday", "tuesday")}
+    assert len(first_voice) == 1 and len(second_voice) == 1 and first_voice != second_voice, speakers
+    assert b.post(f"/v1/conversations/{conversation['id']}/close", uid=uid).status_code == 200
 
 
 async def test_the_connect_limit_holds_across_workers(cluster: Cluster, halves: tuple[Path, Path]):

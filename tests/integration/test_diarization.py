@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from ingest.diarize.der import Turn, der, read_rttm, read_uem
+from ingest.diarize.der import LabelledTurn, der, read_rttm, read_uem
 from tests.support import SHARED_DATA, have_espeak, synthesize
 
 CONVERSATION = [
@@ -28,7 +28,9 @@ CONVERSATION = [
 ]
 
 
-def ingest(files: list[Path], tmp_path: Path, *extra: str) -> tuple[list[dict[str, Any]], dict[str, list[Turn]]]:
+def ingest(
+    files: list[Path], tmp_path: Path, *extra: str
+) -> tuple[list[dict[str, Any]], dict[str, list[LabelledTurn]]]:
     """Run `omi-letta ingest --json --rttm`; return the conversations and the turns per file."""
     rttm = tmp_path / "out.rttm"
     env = {**os.environ, "DATA_DIR": str(tmp_path / "data"), "LOCAL_DEVELOPMENT": "true"}
@@ -65,7 +67,7 @@ def two_voices(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Any
 def test_two_synthesized_voices_are_told_apart(two_voices: tuple[Path, list[Any]], tmp_path: Path) -> None:
     path, truth = two_voices
     conversations, turns = ingest([path], tmp_path)
-    reference = [Turn(t.start, t.end, t.speaker) for t in truth]
+    reference = [LabelledTurn(t.start, t.end, t.speaker) for t in truth]
     hypothesis = turns[path.stem]
     assert {t.speaker for t in hypothesis} == {"SPEAKER_0", "SPEAKER_1"}
     assert abs(min(t.start for t in hypothesis) - truth[0].start) < 0.5  # RTTM times are from the file's start

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from ingest.diarize.der import Turn, read_rttm
+from ingest.diarize.der import LabelledTurn, read_rttm
 from tests.support import SHARED_DATA
 
 AMI = SHARED_DATA / "ami_debug"
@@ -43,7 +43,7 @@ def cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def activity(turns: list[Turn], speaker: str, n: int) -> np.ndarray:
+def activity(turns: list[LabelledTurn], speaker: str, n: int) -> np.ndarray:
     grid = np.zeros(n, dtype=bool)
     for t in turns:
         if t.speaker == speaker:

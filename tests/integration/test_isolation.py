@@ -150,7 +150,7 @@ def app_routes() -> set[str]:
     """Every route of the app as ``METHOD path`` (``WS``/``ASGI`` for the socket and the MCP mount)."""
     app = create_app(Settings())
     found: set[str] = set()
-    for route in app.http.routes:
+    for route in app.routes:
         if isinstance(route, HTTPRoute):
             found |= {f"{m} {route.path}" for m in route.methods if m != "OPTIONS"}  # OPTIONS: CORS preflight
         elif isinstance(route, WebSocketRoute):

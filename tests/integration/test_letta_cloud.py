@@ -18,10 +18,12 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
+from app.service.outbound import agent_registry
 from app.settings import load_settings
 from core.conversation import Conversation
 from core.segments import TranscriptSegment
-from memory.letta.letta_sink import MCP_TOOLS, LettaSink
+from memory.letta.agents import MCP_TOOLS
+from memory.letta.letta_sink import LettaSink
 from memory.letta.passage_groups import group_turns
 from memory.store.conversation_store import ConversationStore
 from tests.support import free_port
@@ -142,7 +144,7 @@ async def test_the_sink_speaks_to_letta_cloud_with_key_and_project(
     async def embedding() -> tuple[str, int]:
         return "all-MiniLM-L6-v2", 384
 
-    sink = LettaSink.from_settings(settings, store, embedding)
+    sink = LettaSink.from_settings(settings.letta, store, agent_registry(settings, store, embedding))
     uid = f"cloud-{uuid.uuid4().hex[:8]}"
     conversation = Conversation(
         id="conv-cloud",
@@ -160,9 +162,9 @@ async def test_the_sink_speaks_to_letta_cloud_with_key_and_project(
         ],
     )
     try:
-        agent = await sink.agent_for(uid)
-        await sink.sync_many(agent, uid, {conversation.id: conversation})
-        await sink.refresh_recent(agent, uid)
+        agent = await sink.agents.agent_for(uid)
+        await sink.archive.sync_many(agent, uid, {conversation.id: conversation})
+        await sink.blocks.refresh_recent(agent, uid)
     finally:
         await sink.close()
 

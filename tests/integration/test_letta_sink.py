@@ -13,11 +13,13 @@ import pytest
 from letta_client import AsyncLetta
 
 from app.ops.letta_local import LocalLetta
+from app.service.outbound import agent_registry
 from app.settings import load_settings
 from core.conversation import Conversation
 from core.errors import DeliveryError
 from core.segments import TranscriptSegment
-from memory.letta.letta_sink import RECENT_BLOCK, LettaSink
+from memory.letta.agents import RECENT_BLOCK
+from memory.letta.letta_sink import LettaSink
 from memory.letta.passage_groups import group_turns
 from memory.store.conversation_store import ConversationStore
 from memory.store.outbox import OutboxRecord
@@ -54,7 +56,7 @@ def make_sink(letta: LocalLetta, store: ConversationStore, embeddings: StandInEm
     async def spec() -> tuple[str, int]:
         return "stand-in", embeddings.dim
 
-    return LettaSink.from_settings(settings, store, spec)
+    return LettaSink.from_settings(settings.letta, store, agent_registry(settings, store, spec))
 
 
 async def stored_sample(store: ConversationStore, uid: str, lines: int = len(SAMPLE_LINES)) -> Conversation:
@@ -107,7 +109,7 @@ async def test_turns_become_tagged_passages_once_and_the_block_follows(
     try:
         await sink.deliver(record(conversation), conversation, conversation.segments)
         await sink.deliver(record(conversation, "closed"), conversation, [])
-        agent = await sink.agent_for(uid)
+        agent = await sink.agents.agent_for(uid)
         passages = await agent_passages(sink.client, agent)
         groups = group_turns(conversation, 300)
         assert len(groups) > 1, "300 characters make several groups of the sample"
@@ -145,7 +147,7 @@ async def test_a_changed_turn_rewrites_only_its_group(
     conversation = await stored_sample(store, uid)
     try:
         await sink.deliver(record(conversation), conversation, conversation.segments)
-        agent = await sink.agent_for(uid)
+        agent = await sink.agents.agent_for(uid)
         before = {p.text: p.id for p in await agent_passages(sink.client, agent)}
         last = conversation.segments[-1]
         relabelled = msgspec.structs.replace(last, speaker_name="Diane Smith")
@@ -174,7 +176,7 @@ async def test_a_deleted_conversation_leaves_no_passage_and_leaves_the_block(
         for c in (kept, gone):
             await sink.deliver(record(c), c, c.segments)
             await sink.deliver(record(c, "closed"), c, [])
-        agent = await sink.agent_for(uid)
+        agent = await sink.agents.agent_for(uid)
         await store.delete(uid, gone.id)
         await sink.deliver(record(gone, "deleted"), None, [])
         left = await agent_passages(sink.client, agent)
@@ -192,18 +194,20 @@ async def test_an_insert_whose_reply_was_lost_is_found_not_repeated(
     uid = f"sink-{uuid.uuid4().hex[:8]}"
     conversation = await stored_sample(store, uid)
     try:
-        agent = await sink.agent_for(uid)
-        groups = group_turns(conversation, sink.passage_max_chars)
+        agent = await sink.agents.agent_for(uid)
+        groups = group_turns(conversation, sink.archive.passage_max_chars)
         # A crash between Letta's insert and the ledger's confirmation: claimed, inserted, never marked.
-        assert await sink.ledger.claim(uid=uid, agent_id=agent, conversation_id=conversation.id, keys=[groups[0].key])
-        await sink._insert(agent, groups[:1])
+        assert await sink.archive.ledger.claim(
+            uid=uid, agent_id=agent, conversation_id=conversation.id, keys=[groups[0].key]
+        )
+        await sink.archive.insert(agent, groups[:1])
         with pytest.raises(DeliveryError, match="in flight"):
             await sink.deliver(record(conversation), conversation, conversation.segments)
-        sink.stale_s = 0.0  # the claim is now older than any request could take
+        sink.archive.stale_s = 0.0  # the claim is now older than any request could take
         await sink.deliver(record(conversation), conversation, conversation.segments)
         passages = await agent_passages(sink.client, agent)
         assert sorted(p.text for p in passages) == expected_texts(conversation), "no duplicate"
-        assert (await sink.ledger.entries(agent, conversation.id)).keys() == {g.key for g in groups}
+        assert (await sink.archive.ledger.entries(agent, conversation.id)).keys() == {g.key for g in groups}
     finally:
         await sink.close()
 
@@ -217,7 +221,7 @@ async def test_an_unreachable_letta_is_a_delivery_error_and_claims_nothing(
     try:
         with pytest.raises(DeliveryError, match="unreachable"):
             await sink.deliver(record(conversation), conversation, conversation.segments)
-        assert await sink.ledger.entries("agent-00000000-0000-4000-8000-000000000000", conversation.id) == {}
+        assert await sink.archive.ledger.entries("agent-00000000-0000-4000-8000-000000000000", conversation.id) == {}
     finally:
         await sink.close()
 
@@ -229,19 +233,21 @@ async def test_a_late_copy_of_a_reinserted_group_is_deleted(
     uid = f"sink-{uuid.uuid4().hex[:8]}"
     conversation = await stored_sample(store, uid)
     try:
-        agent = await sink.agent_for(uid)
-        [group] = group_turns(conversation, sink.passage_max_chars)
+        agent = await sink.agents.agent_for(uid)
+        [group] = group_turns(conversation, sink.archive.passage_max_chars)
         # An insert timed out and was never seen: the claim is settled as missing and inserted again...
-        assert await sink.ledger.claim(uid=uid, agent_id=agent, conversation_id=conversation.id, keys=[group.key])
-        sink.stale_s = 0.0
+        assert await sink.archive.ledger.claim(
+            uid=uid, agent_id=agent, conversation_id=conversation.id, keys=[group.key]
+        )
+        sink.archive.stale_s = 0.0
         await sink.deliver(record(conversation), conversation, conversation.segments)
         [kept] = await agent_passages(sink.client, agent)
         # ...and then Letta carries out the old request after all.
-        await sink._insert(agent, [group])
+        await sink.archive.insert(agent, [group])
         assert len(await agent_passages(sink.client, agent)) == 2
         await sink.tick()
         assert [p.id for p in await agent_passages(sink.client, agent)] == [kept.id]
-        assert (await sink.ledger.entries(agent, conversation.id))[group.key].passage_id == kept.id
+        assert (await sink.archive.ledger.entries(agent, conversation.id))[group.key].passage_id == kept.id
     finally:
         await sink.close()
 
@@ -254,9 +260,9 @@ async def test_an_adopted_agent_gets_the_search_memory_http_tool_and_a_token(
     sink = make_sink(letta, store, embeddings)
     uid = f"sink-{uuid.uuid4().hex[:8]}"
     try:
-        args = await sink.spec.create_args(uid)  # made elsewhere, without our tool
+        args = await sink.agents.spec.create_args(uid)  # made elsewhere, without our tool
         existing = await sink.client.agents.create(**args)
-        assert await sink.agent_for(uid) == existing.id, "the agent tagged omi-uid:<uid> is adopted"
+        assert await sink.agents.agent_for(uid) == existing.id, "the agent tagged omi-uid:<uid> is adopted"
         adopted = await sink.client.agents.retrieve(existing.id, include=["agent.tools", "agent.secrets"])
         assert "search_memory_http" in {t.name for t in adopted.tools or []}
         secrets = {s.key: s.value for s in adopted.secrets or []}
@@ -279,7 +285,7 @@ async def test_where_letta_refuses_our_mcp_server_agents_get_the_http_tool(
         DATA_DIR=str(tmp_path),
     )
     try:
-        [tool] = await sink.memory_tool_ids()
+        [tool] = await sink.agents.memory_tool_ids()
         assert (await sink.client.tools.retrieve(tool)).name == "search_memory_http"
     finally:
         await sink.close()

@@ -23,8 +23,8 @@ import websockets
 from websockets.exceptions import ConnectionClosed
 
 from app.cli.simulator import simulate
-from app.http.body_limits import RATE_LIMITED
 from app.http.server import create_app
+from app.service.connect_limits import RATE_LIMITED
 from app.settings import AuthSettings, Settings
 from tests.conftest import FAST
 from tests.support import ADMIN_KEY, ServerProcess, token
@@ -256,7 +256,7 @@ def _routes() -> list[tuple[str, str]]:
     """Every (method, path template) of the app, OPTIONS aside, as create_app builds it."""
     app = create_app(Settings(auth=AuthSettings(admin_key=ADMIN_KEY)))
     found = []
-    for route in app.http.routes:
+    for route in app.routes:
         methods = sorted(getattr(route, "methods", None) or ["POST"]) if route.path != "/v4/listen" else ["WS"]
         found += [(method, route.path) for method in methods if method != "OPTIONS"]
     return found

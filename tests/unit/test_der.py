@@ -7,15 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ingest.diarize.der import Turn, der, read_rttm, read_uem, rttm_lines
+from ingest.diarize.der import LabelledTurn, der, read_rttm, read_uem, rttm_lines
 from tests.support import SHARED_DATA
 
 AMI = SHARED_DATA / "ami_debug"
 SAMPLE_RTTM = SHARED_DATA / "pyannote_sample" / "sample.rttm"
 
 
-def turns(*spec: tuple[float, float, str]) -> list[Turn]:
-    return [Turn(a, b, s) for a, b, s in spec]
+def turns(*spec: tuple[float, float, str]) -> list[LabelledTurn]:
+    return [LabelledTurn(a, b, s) for a, b, s in spec]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -39,7 +39,7 @@ def test_empty_hypothesis_misses_everything():
 
 
 def test_labels_are_matched_not_compared_by_name():
-    swapped = [Turn(t.start, t.end, {"A": "B", "B": "A"}[t.speaker]) for t in REFERENCE]
+    swapped = [LabelledTurn(t.start, t.end, {"A": "B", "B": "A"}[t.speaker]) for t in REFERENCE]
     result = der(REFERENCE, swapped, collar=0.0)
     assert result.der == 0.0
     assert result.mapping == {"A": "B", "B": "A"}
@@ -101,13 +101,13 @@ def test_nothing_to_score():
 
 
 def pyannote_der(
-    reference: list[Turn], hypothesis: list[Turn], uem: list[tuple[float, float]] | None
+    reference: list[LabelledTurn], hypothesis: list[LabelledTurn], uem: list[tuple[float, float]] | None
 ) -> dict[str, float]:
     """pyannote.metrics' DER components; its collar is the total width, so 0.5 is ±0.25 s."""
     core = pytest.importorskip("pyannote.core", reason="pyannote.metrics (dev extra) is not installed")
     metrics = pytest.importorskip("pyannote.metrics.diarization", reason="pyannote.metrics is not installed")
 
-    def annotation(ts: list[Turn]):  # -> pyannote.core.Annotation
+    def annotation(ts: list[LabelledTurn]):  # -> pyannote.core.Annotation
         out = core.Annotation()
         for i, t in enumerate(ts):
             out[core.Segment(t.start, t.end), i] = t.speaker
@@ -123,34 +123,36 @@ def pyannote_der(
     return dict(metric(ref, hyp, uem=timeline, detailed=True))
 
 
-def well_formed(ts: list[Turn]) -> list[Turn]:
+def well_formed(ts: list[LabelledTurn]) -> list[LabelledTurn]:
     """One speaker's overlapping or touching turns merged, as in any real RTTM.
 
     pyannote.metrics counts a speaker twice where two of their own turns overlap; we count them
     once (``test_a_speaker_overlapping_themselves_counts_once``), so such input is left out here.
     """
-    out: list[Turn] = []
+    out: list[LabelledTurn] = []
     for speaker in sorted({t.speaker for t in ts}):
         spans = sorted((t.start, t.end) for t in ts if t.speaker == speaker)
         start, end = spans[0]
         for a, b in spans[1:]:
             if a > end:
-                out.append(Turn(start, end, speaker))
+                out.append(LabelledTurn(start, end, speaker))
                 start = a
             end = max(end, b)
-        out.append(Turn(start, end, speaker))
+        out.append(LabelledTurn(start, end, speaker))
     return sorted(out, key=lambda t: t.start)
 
 
-def random_turns(rng: np.random.Generator, speakers: list[str], duration: float, n: int) -> list[Turn]:
+def random_turns(rng: np.random.Generator, speakers: list[str], duration: float, n: int) -> list[LabelledTurn]:
     out = []
     for _ in range(n):
         start = float(rng.uniform(0, duration - 0.3))
-        out.append(Turn(start, min(duration, start + float(rng.uniform(0.2, 6.0))), str(rng.choice(speakers))))
+        out.append(LabelledTurn(start, min(duration, start + float(rng.uniform(0.2, 6.0))), str(rng.choice(speakers))))
     return well_formed(out)
 
 
-def perturb(rng: np.random.Generator, reference: list[Turn], extra_speakers: int, drop: float) -> list[Turn]:
+def perturb(
+    rng: np.random.Generator, reference: list[LabelledTurn], extra_speakers: int, drop: float
+) -> list[LabelledTurn]:
     """A plausible system output: shifted boundaries, relabelled, some turns dropped or given away."""
     names = sorted({t.speaker for t in reference})
     labels = {s: f"spk{i}" for i, s in enumerate(rng.permutation(names))}
@@ -162,13 +164,13 @@ def perturb(rng: np.random.Generator, reference: list[Turn], extra_speakers: int
         a = max(0.0, t.start + float(rng.normal(0, 0.4)))
         b = max(a + 0.05, t.end + float(rng.normal(0, 0.4)))
         label = labels[t.speaker] if rng.random() > 0.2 else str(rng.choice(pool))
-        out.append(Turn(a, b, label))
+        out.append(LabelledTurn(a, b, label))
     duration = max(t.end for t in reference)
     out += random_turns(rng, pool, duration, int(rng.integers(1, 4)))  # false alarms
     return well_formed(out)
 
 
-HANDMADE: list[tuple[str, list[Turn], list[Turn], list[tuple[float, float]] | None]] = [
+HANDMADE: list[tuple[str, list[LabelledTurn], list[LabelledTurn], list[tuple[float, float]] | None]] = [
     ("perfect", REFERENCE, REFERENCE, None),
     ("overlap-missed", REFERENCE, turns((0.0, 4.0, "x"), (5.0, 10.0, "y")), None),
     (

@@ -8,9 +8,10 @@ from typing import Any
 import pytest
 from litestar.config.cors import CORSConfig
 
-from app.http.body_limits import ConnectLimiter, LocalConnectLimiter, describe_size, limit_body
+from app.http.body_limits import describe_size, limit_body
 from app.http.security import SECURITY_HEADERS, cors_config, security_headers
 from app.service.auth import AuthError, check_operator
+from app.service.connect_limits import ConnectLimiter, LocalConnectLimiter
 from app.settings import AuthSettings, ServerSettings, SettingsError, load_settings
 
 ADMIN_KEY = "unit-admin-key-0001"

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from core.errors import MissingDependencyError
-from ingest.diarize.der import Turn, der, read_rttm
+from ingest.diarize.der import LabelledTurn, der, read_rttm
 from ingest.diarize.pyannote_backend import PyannoteDiarizer, load_pyannote, pipeline_turns
 from ingest.ingest_settings import DiarizationSettings
 from tests.support import SHARED_DATA
@@ -269,7 +269,7 @@ def test_pyannote_sample_with_real_weights():
     assert rate == 16_000
     result = diarizer.diarize(audio)
     reference = read_rttm(rttm)["sample"]
-    score = der(reference, [Turn(t.start, t.end, str(t.speaker)) for t in result.turns], collar=0.25)
+    score = der(reference, [LabelledTurn(t.start, t.end, str(t.speaker)) for t in result.turns], collar=0.25)
     assert len(result.speakers) == 2
     assert score.der <= 0.10, (
         f"DER {score.der:.1%} (missed {score.missed:.2f} s, false alarm {score.false_alarm:.2f} s, "

@@ -13,8 +13,8 @@ import pytest
 
 from memory.memory_settings import EmbeddingSettings, VectorIndexSettings
 from memory.search.hybrid import MemorySearch, open_search
-from memory.search.lexical import SharedLexicalIndex
 from memory.search.pgvector_index import PgVectorIndex
+from memory.search.shared_lexical import SharedLexicalIndex
 from tests.memory_support import local_embedder, sample_turns
 
 

@@ -9,8 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ingest.batch import attribute
-from ingest.diarize.diarizer import SpeakerTurn
+from ingest.diarize.diarizer import SpeakerTurn, attribute
 from ingest.diarize.embedded import EmbeddedDiarizer
 from ingest.diarize.encoder import shared_encoder
 from ingest.diarize.tracker import SpeakerTracker, TimedSpan, _keep_numbers
