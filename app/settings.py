@@ -40,6 +40,7 @@ __all__ = [
     "Settings",
     "SettingsError",
     "StreamSettings",
+    "SyncSettings",
     "WebhookSettings",
     "env_table",
     "get_settings",
@@ -225,6 +226,41 @@ class RetentionSettings:
 
 
 @dataclass(frozen=True)
+class SyncSettings:
+    """The OMI device's offline recordings, uploaded by the app (`/v1/sync-local-files`, `/v2/...`)."""
+
+    workers: int = setting(
+        "SYNC_WORKERS", 1, "Uploads processed at once, in the background; live streams go first whatever it is."
+    )
+    keep_audio_days: int = setting(
+        "SYNC_KEEP_AUDIO_DAYS",
+        0,
+        "Keep an upload's audio (encrypted, under `DATA_DIR/sync`) this many days after it was processed; 0 "
+        "deletes it as soon as its conversations are stored and delivered.",
+    )
+    max_files: int = setting("SYNC_MAX_FILES", 20, "Most files one upload may hold (the OMI app sends 1 to 4).")
+    max_file_s: float = setting(
+        "SYNC_MAX_FILE_S", 3600.0, "Most audio one uploaded file may hold, in s (the device writes 60 s files)."
+    )
+    max_upload_mb: int = setting(
+        "SYNC_MAX_UPLOAD_MB", 256, "Largest upload, in MiB; a larger request gets 413 before it is read."
+    )
+    merge_gap_s: float = setting(
+        "SYNC_MERGE_GAP_S",
+        120.0,
+        "Speech less than this far apart in a recording is one piece (and becomes one conversation), in s.",
+    )
+
+    def __post_init__(self) -> None:
+        check_range("SYNC_WORKERS", self.workers, 1, 16)
+        check_range("SYNC_KEEP_AUDIO_DAYS", self.keep_audio_days, 0, 3650)
+        check_range("SYNC_MAX_FILES", self.max_files, 1, 1000)
+        check_range("SYNC_MAX_FILE_S", self.max_file_s, 1.0, 86_400.0)
+        check_range("SYNC_MAX_UPLOAD_MB", self.max_upload_mb, 1, 16_384)
+        check_range("SYNC_MERGE_GAP_S", self.merge_gap_s, 1.0, 3600.0)
+
+
+@dataclass(frozen=True)
 class WebhookSettings:
     """The OMI cloud's developer webhooks (`/v1/integrations/omi/...`)."""
 
@@ -253,6 +289,7 @@ class Settings:
     letta: LettaSettings = field(default_factory=LettaSettings)
     llm: LlmSettings = field(default_factory=LlmSettings)
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
+    sync: SyncSettings = field(default_factory=SyncSettings)
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
     embeddings: EmbeddingSettings = field(default_factory=EmbeddingSettings)
@@ -314,6 +351,7 @@ SECTIONS: tuple[type, ...] = (
     DeliverySettings,
     ClusterSettings,
     WebhookSettings,
+    SyncSettings,
 )
 
 

@@ -32,7 +32,15 @@ if TYPE_CHECKING:
     from ingest.asr.stt import SpeechToText
     from ingest.diarize.diarizer import Diarization, Diarizer
 
-__all__ = ["FileTranscript", "Window", "pack_windows", "speech_spans", "transcribe_file"]
+__all__ = [
+    "FileTranscript",
+    "Window",
+    "group_segments",
+    "pack_windows",
+    "speech_spans",
+    "transcribe_audio",
+    "transcribe_file",
+]
 
 WINDOW_S = 28.0
 FEED_S = 1.0
@@ -126,13 +134,54 @@ def transcribe_file(
 ) -> FileTranscript:
     """Transcribe and diarize one file into conversations split at silences of ``gap_s`` or more.
 
-    Up to ``workers`` windows are transcribed at once (the engine must allow that many calls).
-    ``hook`` is told about progress: a quarter of the file's duration as the VAD runs, a quarter
-    when diarization ends, and the second half as windows are transcribed.
+    See :func:`transcribe_audio`; ``started_at`` is the file's start (default: it ended now).
     """
     audio = load_audio_file(path)
     duration = audio.size / SAMPLE_RATE
     origin = started_at if started_at is not None else time.time() - duration
+    found, diarization = transcribe_audio(
+        audio,
+        asr=asr,
+        diarizer=diarizer,
+        vad=vad,
+        params=params,
+        language=language,
+        origin=origin,
+        hook=hook,
+        workers=workers,
+        num_speakers=num_speakers,
+        max_speakers=max_speakers,
+    )
+    return FileTranscript(
+        path=path, duration_s=duration, conversations=group_segments(found, gap_s), diarization=diarization
+    )
+
+
+def transcribe_audio(
+    audio: NDArray[np.float32],
+    *,
+    asr: SpeechToText,
+    diarizer: Diarizer,
+    vad: SileroVad,
+    params: VadParams,
+    language: str,
+    origin: float,
+    hook: ProgressHook | None = None,
+    workers: int = 1,
+    num_speakers: int | None = None,
+    max_speakers: int | None = None,
+    ids: Callable[[int], str] | None = None,
+    gate: Callable[[], None] | None = None,
+) -> tuple[list[AbsoluteSegment], Diarization]:
+    """Transcribe and diarize 16 kHz audio that starts at epoch ``origin``; segments carry epoch times.
+
+    Up to ``workers`` windows are transcribed at once (the engine must allow that many calls).
+    ``hook`` is told about progress: a quarter of the duration as the VAD runs, a quarter when
+    diarization ends, and the second half as windows are transcribed. ``ids(n)`` names the n-th
+    segment (default: a random id); ``gate()`` runs before each window (it may wait, to let live
+    streams go first).
+    """
+    duration = audio.size / SAMPLE_RATE
     windows = pack_windows(speech_spans(audio, vad, params, (lambda s: hook(s / 4)) if hook else None))
     diarization = diarizer.diarize(audio, num_speakers=num_speakers, max_speakers=max_speakers)
     if hook:
@@ -141,6 +190,8 @@ def transcribe_file(
     words = len(diarization.speakers) > 1  # word times only matter where the speaker can change
 
     def recognise(window: Window) -> list[AsrSegment]:
+        if gate is not None:
+            gate()
         return asr.transcribe(window.audio(audio), language, words=words)
 
     found: list[AbsoluteSegment] = []
@@ -151,7 +202,7 @@ def transcribe_file(
                 for start, end, text, speaker in attribute(_in_file(seg, window), diarization.turns):
                     found.append(
                         AbsoluteSegment(
-                            id=str(uuid.uuid4()),
+                            id=ids(len(found)) if ids is not None else str(uuid.uuid4()),
                             text=text,
                             start=origin + start,
                             end=origin + end,
@@ -166,7 +217,7 @@ def transcribe_file(
                 done = end
     if hook and duration > done:
         hook((duration - done) / 2)
-    return FileTranscript(path=path, duration_s=duration, conversations=_group(found, gap_s), diarization=diarization)
+    return found, diarization
 
 
 def _in_file(seg: AsrSegment, window: Window) -> AsrSegment:
@@ -179,7 +230,9 @@ def _in_file(seg: AsrSegment, window: Window) -> AsrSegment:
     )
 
 
-def _group(found: list[AbsoluteSegment], gap_s: float) -> list[tuple[float, list[TranscriptSegment]]]:
+def group_segments(found: list[AbsoluteSegment], gap_s: float) -> list[tuple[float, list[TranscriptSegment]]]:
+    """Segments (epoch times) as conversations split at silences of ``gap_s`` or more: each its start
+    and its segments relative to it, consecutive turns of a speaker merged by the OMI rules."""
     groups: list[list[AbsoluteSegment]] = []
     for seg in found:
         if groups and seg.start - groups[-1][-1].end < gap_s:
@@ -196,10 +249,11 @@ def _group(found: list[AbsoluteSegment], gap_s: float) -> list[tuple[float, list
                 speaker=speaker_label(s.speaker_id),
                 speaker_id=s.speaker_id,
                 is_user=s.is_user,
+                person_id=s.person_id,
                 start=round(s.start - started_at, 3),
                 end=round(s.end - started_at, 3),
                 stt_provider=s.stt_provider,
-                speaker_name=speaker_name(s.speaker_id),
+                speaker_name=s.speaker_name or speaker_name(s.speaker_id, is_user=s.is_user),
             )
             for s in group
         ]

@@ -1,8 +1,9 @@
 """Every encrypted place on disk, looked at without decrypting: which key each value uses, and re-encryption.
 
 The places are the database columns of the :mod:`memory.store.encrypted` types, the text of the
-pgvector index's ``turn_vectors`` table when the database has one, and the text and vectors of
-the local index files (``DATA_DIR/index/vectors.db`` and ``lexical.db``). Only the header of
+pgvector index's ``turn_vectors`` table when the database has one, the text and vectors of
+the local index files (``DATA_DIR/index/vectors.db`` and ``lexical.db``), and the offline
+recordings waiting under ``DATA_DIR/sync`` (:mod:`memory.store.sealed_files`). Only the header of
 each value (``enc:v1:<key id>:``) is read, except to re-encrypt it. A file or table that does
 not exist is left alone, never created.
 """
@@ -25,6 +26,9 @@ from memory.search import lexical, local_index, pgvector_index
 from memory.store.crypto import PREFIX, Keyring, installed, key_id_of
 from memory.store.encrypted import Encrypted, EncryptedBytes, EncryptedJSON
 from memory.store.models import Base
+from memory.store.sealed_files import PLACE as SEALED_PLACE
+from memory.store.sealed_files import SealedFiles
+from memory.store.sync_jobs import SYNC_DIR
 
 __all__ = ["PLAINTEXT", "Census", "census", "compact", "count_rows", "rotate", "samples"]
 
@@ -56,6 +60,10 @@ _FILES = (
     _File("lexical.db", ("id",), {"text": (lexical.TEXT_PLACE, False)}),
 )
 _RAW_TABLES = (_File("turn_vectors", ("uid", "turn_id"), {"text": (pgvector_index.WHERE_TEXT, False)}),)
+
+
+def _sealed(index_dir: Path) -> SealedFiles:
+    return SealedFiles(index_dir.parent / SYNC_DIR)
 
 
 def _tables() -> list[tuple[Table, Column[Any], list[Column[Any]]]]:
@@ -127,6 +135,10 @@ async def samples(engine: AsyncEngine, index_dir: Path) -> list[tuple[str, str |
                 ).scalar()
                 if isinstance(value, str | bytes):
                     found.append((place, value))
+    sealed = _sealed(index_dir)
+    smallest = min(sealed.names(), key=lambda n: sealed.path(n).stat().st_size, default=None)
+    if smallest is not None and key_id_of(sealed.header(smallest)):
+        found.append((sealed.where(smallest), sealed.path(smallest).read_bytes()))
     return found + await asyncio.to_thread(_file_samples, index_dir)
 
 
@@ -183,6 +195,10 @@ async def census(engine: AsyncEngine, index_dir: Path) -> Census:
                 for (value,) in await conn.execute(text(f"SELECT substr({name}, 1, 32) FROM {spec.name}")):
                     counts[place][_header_of(value)] += 1
     counts.update(await asyncio.to_thread(_file_census, index_dir))
+    sealed = _sealed(index_dir)
+    names = list(sealed.names())
+    if names:
+        counts[SEALED_PLACE] = Counter(_header_of(sealed.header(n)) for n in names)
     return counts
 
 
@@ -223,7 +239,7 @@ async def count_rows(engine: AsyncEngine, index_dir: Path) -> int:
                     db.close()
         return n
 
-    return total + await asyncio.to_thread(files)
+    return total + await asyncio.to_thread(files) + len(list(_sealed(index_dir).names()))
 
 
 # --- Rotation --------------------------------------------------------------------------------
@@ -275,7 +291,13 @@ async def rotate(engine: AsyncEngine, index_dir: Path, progress: Progress | None
             if len(found) < BATCH:
                 break
             after = tuple(found[-1][: len(spec.keys)])
-    return rewritten + await asyncio.to_thread(_rotate_files, index_dir, keys, progress)
+    rewritten += await asyncio.to_thread(_rotate_files, index_dir, keys, progress)
+    sealed = _sealed(index_dir)
+    for name in list(sealed.names()):
+        rewritten += await asyncio.to_thread(sealed.reseal, name)
+        if progress is not None:
+            progress(1)
+    return rewritten
 
 
 def _restale(spec: _File, values: Sequence[Any], keys: Keyring) -> dict[str, Any]:

@@ -205,13 +205,12 @@ def _simulate(args: argparse.Namespace) -> int:
 async def _ingest_files(settings: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
     from tqdm import tqdm
 
-    from app.service.pipeline import vad_params
+    from app.service.recorded import hear
     from app.service.services import Services
     from core.conversation import iso
-    from ingest.batch import transcribe_file
-    from ingest.decode import audio_duration
+    from ingest.batch import group_segments
+    from ingest.decode import audio_duration, load_audio_file
     from ingest.diarize.der import LabelledTurn, rttm_lines
-    from ingest.identity import apply_identity, identity_of, match_profiles
 
     durations = [audio_duration(f) for f in args.files]  # fail on a bad file before loading models
     # Queue only: a running `omi-letta serve` delivers (it alone may write the local index).
@@ -229,38 +228,26 @@ async def _ingest_files(settings: Any, args: argparse.Namespace) -> list[dict[st
         with bar:
             for path, duration in zip(args.files, durations, strict=True):
                 bar.set_description(path.name)
-                transcript = await asyncio.to_thread(
-                    transcribe_file,
-                    path,
-                    asr=services.pipeline.transcriber.asr,
-                    diarizer=services.pipeline.diarizer,
-                    vad=services.pipeline.vad,
-                    params=vad_params(services.settings.stream),
+                heard = await hear(
+                    services.pipeline,
+                    services.settings,
+                    services.storage.speakers,
+                    load_audio_file(path),
+                    uid=args.uid,
+                    origin=path.stat().st_mtime - duration,
                     language=args.language,
-                    gap_s=services.settings.conversation.default_timeout_s,
-                    started_at=path.stat().st_mtime - duration,
+                    num_speakers=args.speakers,
                     hook=bar.update,
-                    workers=services.settings.asr.workers,
-                    num_speakers=args.speakers or services.settings.diarization.num_speakers or None,
-                    max_speakers=services.settings.diarization.max_speakers,
                 )
-                identities = {
-                    s: identity_of(profile)
-                    for s, (profile, _) in match_profiles(
-                        transcript.diarization.embeddings,
-                        await services.storage.speakers.list(args.uid),
-                        services.settings.diarization.speaker_match_threshold,
-                    ).items()
-                }
                 rttm += rttm_lines(
                     path.stem,
                     [
-                        LabelledTurn(t.start, t.end, _rttm_speaker(t.speaker, identities.get(t.speaker)))
-                        for t in transcript.diarization.turns
+                        LabelledTurn(t.start, t.end, _rttm_speaker(t.speaker, heard.identities.get(t.speaker)))
+                        for t in heard.diarization.turns
                     ],
                 )
-                for started_at, found in transcript.conversations:
-                    segments = [apply_identity(s, s.speaker_id, identities.get(s.speaker_id)) for s in found]
+                gap_s = services.settings.conversation.default_timeout_s
+                for started_at, segments in group_segments(heard.segments, gap_s):
                     stored = await services.storage.store.add_completed(
                         uid=args.uid,
                         source="sdcard",

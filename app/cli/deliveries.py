@@ -176,7 +176,7 @@ def _forget(args: argparse.Namespace) -> int:
     async def run() -> int:
         async with local_delivery(settings, settings.sinks) as delivery:
             store, here = delivery.store, delivery.here
-            retention = Retention.over(store, days=days)
+            retention = Retention.over(store, settings.server.data_dir, days=days)
             if args.command == "purge":
                 cutoff = iso(retention.cutoff() or 0.0)[:16].replace("T", " ")
                 if args.dry_run:

@@ -69,7 +69,7 @@ async def audit_response(message: Message, scope: Scope) -> None:
         if uid is None and status != 401:
             return
         services = getattr(scope["app"].state, "services", None)
-        audit = getattr(services, "audit", None)
+        audit = getattr(getattr(services, "storage", None), "audit", None)
         if audit is None:
             return
         method = str(scope.get("method", ""))

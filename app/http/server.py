@@ -25,6 +25,7 @@ from app.http.page import API_DOCS, api_docs, page, page_asset
 from app.http.security import cors_config, security_headers
 from app.http.speaker_routes import SpeakerController
 from app.http.status_routes import erase_my_data, health, live, metrics
+from app.http.sync_routes import sync_routes
 from app.http.webhooks import OmiWebhookController
 from app.service.services import Services, check_can_serve
 from app.settings import Settings, get_settings
@@ -105,6 +106,7 @@ def create_app(
             EmbeddingsController,
             ChatController,
             OmiWebhookController,
+            *sync_routes(settings.sync),
             mcp,
             page,
             page_asset,

@@ -8,8 +8,9 @@ turns, and the Letta sink deletes the agent's passages tagged ``conv:<id>`` and 
 queued before. The outbox gauges of ``/metrics`` show that delivery draining.
 
 Erasing a user also deletes what is theirs but no conversation: voice profiles, API tokens, day
-summaries, and the live state of a conversation in progress (its speaker tracking, and speech
-kept in memory for the refinement pass). Their Letta agent stays, holding none of it. Voice
+summaries, their offline uploads (with any audio of them still kept), and the live state of a
+conversation in progress (its speaker tracking, and speech kept in memory for the refinement pass).
+Their Letta agent stays, holding none of it. Voice
 profiles keep an embedding, never audio, and an enrollment upload is deleted once embedded, so
 no stored audio is left; the retention purge also drops speech kept in memory that is older
 than the retention. Only counts are logged, never text.
@@ -21,6 +22,7 @@ import asyncio
 import logging
 import math
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -28,6 +30,8 @@ import msgspec
 from core.errors import NotFoundError
 from memory.store.conversations import ConversationManager
 from memory.store.day_summaries import DaySummaryStore
+from memory.store.sealed_files import SealedFiles
+from memory.store.sync_jobs import SYNC_DIR, SyncJobStore
 from memory.store.tokens import TokenStore
 from memory.store.voice_profiles import SpeakerStore
 
@@ -84,6 +88,7 @@ class Retention:
         live: LiveSpeakers | None = None,
         kept: KeptSpeech | None = None,
         metrics: Metrics | None = None,
+        uploads: SealedFiles | None = None,
     ) -> None:
         self.conversations = conversations
         self.speakers = speakers
@@ -94,14 +99,20 @@ class Retention:
         self.live = live
         self.kept = kept
         self.metrics = metrics
+        self.uploads = uploads  # the offline recordings waiting under DATA_DIR/sync
         self._task: asyncio.Task[None] | None = None
 
     @classmethod
-    def over(cls, store: ConversationStore, *, days: int = 0) -> Retention:
-        """For a command-line tool: the stores over ``store``'s database, and no live state."""
+    def over(cls, store: ConversationStore, data_dir: Path, *, days: int = 0) -> Retention:
+        """For a command-line tool: the stores over ``store``'s database and ``data_dir``, and no live state."""
         engine = store.engine
         return cls(
-            ConversationManager(store), SpeakerStore(engine), TokenStore(engine), DaySummaryStore(engine), days=days
+            ConversationManager(store),
+            SpeakerStore(engine),
+            TokenStore(engine),
+            DaySummaryStore(engine),
+            days=days,
+            uploads=SealedFiles(data_dir / SYNC_DIR),
         )
 
     def start(self) -> None:
@@ -172,6 +183,10 @@ class Retention:
         done.speakers = await self.speakers.delete_all(uid)
         done.tokens = await self.tokens.delete_all(uid)
         done.day_summaries = await self.summaries.delete_all(uid)
+        uploads = await SyncJobStore(store.engine).delete_all(uid)
+        if self.uploads is not None:
+            for content_id in uploads:
+                await asyncio.to_thread(self.uploads.remove, content_id)
         if not keep_in_progress:
             if self.live is not None:
                 self.live.forget(uid)

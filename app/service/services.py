@@ -15,11 +15,14 @@ from app.service.live_hub import LiveHub
 from app.service.outbound import Outbound
 from app.service.pipeline import Pipeline
 from app.service.storage import Storage
+from app.service.sync_runner import SyncRunner
 from app.settings import Settings, SettingsError
 from core.metrics import Metrics
 from ingest.asr import SpeechToText
 from ingest.diarize import Diarizer
 from memory.store.conversations import ConversationManager, clamp_timeout
+from memory.store.sealed_files import SealedFiles
+from memory.store.sync_jobs import SYNC_DIR
 
 __all__ = ["COUNTERS", "Services", "check_can_serve"]
 
@@ -85,6 +88,7 @@ class Services:
     live: LiveHub  # the live transcript, fanned out to web pages
     retention: Retention  # the retention purge (RETENTION_DAYS) and erasing a user's data
     firebase: FirebaseVerifier | None = None  # Firebase ID tokens of the OMI app, when FIREBASE_PROJECT_ID is set
+    sync: SyncRunner | None = None  # the device's offline recordings; None when changes are not queued
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)  # run first by stop()
 
     @classmethod
@@ -147,6 +151,7 @@ class Services:
                 live=live,
                 kept=pipeline.kept_speech,
                 metrics=metrics,
+                uploads=SealedFiles(settings.server.data_dir / SYNC_DIR),
             ),
             firebase=(
                 FirebaseVerifier(a.firebase_project_id, a.firebase_jwks_url, leeway_s=a.token_leeway_s)
@@ -155,8 +160,12 @@ class Services:
             ),
         )
         services.live.start()
+        if queue:
+            services.sync = SyncRunner(settings, pipeline, storage, conversations, outbound.outbox)
         if queue and deliver and outbound.start_delivery(settings, storage.store):
             services.retention.start()  # its deletions are queued, so they reach the sinks too
+            if services.sync is not None:
+                await services.sync.start()
         return services
 
     @property
@@ -171,6 +180,8 @@ class Services:
                 await close()
             except Exception:
                 log.exception("a shutdown step failed")
+        if self.sync is not None:
+            await self.sync.stop()
         self.live.close()
         await self.retention.stop()
         await self.conversations.stop()

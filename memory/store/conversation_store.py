@@ -182,6 +182,7 @@ class ConversationStore:
             row = await session.get(ConversationRow, conversation.id, options=[lazyload(ConversationRow.segments)])
             if row is None:
                 raise NotFoundError(f"conversation {conversation.id} does not exist")
+            row.started_at = conversation.started_at
             row.finished_at = conversation.finished_at
             row.last_speech_at = last_speech_at
             if timeout_s is not None:
@@ -313,6 +314,29 @@ class ConversationStore:
             query = query.where(ConversationRow.status == "completed")
         async with self._session() as session:
             return [(u, c, int(n)) for u, c, n in (await session.execute(query)).all()]
+
+    async def nearest(self, uid: str, start: float, end: float, window_s: float) -> str | None:
+        """The user's conversation that overlaps ``[start, end]`` (epoch s), else the one nearest to it
+        within ``window_s``; ties go to the one started last."""
+        async with self._session() as session:
+            rows = (
+                await session.execute(
+                    select(ConversationRow.id, ConversationRow.started_at, ConversationRow.finished_at)
+                    .where(
+                        ConversationRow.uid == uid,
+                        ConversationRow.finished_at >= start - window_s,
+                        ConversationRow.started_at <= end + window_s,
+                    )
+                    .order_by(ConversationRow.started_at.desc())
+                )
+            ).all()
+        if not rows:
+            return None
+
+        def gap(row: Any) -> float:  # 0 when they overlap
+            return max(0.0, row.started_at - end, start - row.finished_at)
+
+        return str(min(rows, key=gap).id)
 
     async def last_completed_id(self, uid: str) -> str | None:
         """Id of the user's most recent completed conversation."""

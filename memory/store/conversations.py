@@ -221,6 +221,41 @@ class ConversationManager:
             await self._emit(uid, {"type": "memory_created", "memory": stored.to_omi(), "messages": []})
         return stored, changed
 
+    async def place(
+        self, uid: str, recorded: list[AbsoluteSegment], *, source: str, language: str, window_s: float
+    ) -> tuple[Conversation, bool]:
+        """Put one piece of recorded speech (segments with epoch times) where it was said.
+
+        It joins the user's conversation that already holds its segments (the same piece again),
+        else the one that overlaps it, else the one nearest to it within ``window_s``: that
+        conversation is re-timed (it may now start earlier) and extended, and only what changed is
+        stored. Speakers of the piece that the conversation does not know get numbers of their
+        own. Otherwise the piece is a new, completed conversation at its own time.
+
+        Returns:
+            The conversation, and whether it is new.
+        """
+        if not recorded:
+            raise ValueError("a piece of speech has segments")
+        start, end = min(s.start for s in recorded), max(s.end for s in recorded)
+        async with self._locks[uid]:
+            owners = await self.store.owners(uid, [s.id for s in recorded])
+            target = Counter(owners.values()).most_common(1)[0][0] if owners else None
+            target = target or await self.store.nearest(uid, start, end, window_s)
+            if target is None:
+                segments = [self._to_segment(s, start) for s in recorded]
+                created = await self.store.add_completed(
+                    uid=uid, source=source, language=language, started_at=start, segments=segments, now=time.time()
+                )
+                return created, True
+            current = self._current.get(uid)
+            conversation = current if current and current.id == target else await self.store.get(uid, target)
+            changed = _extend(conversation, recorded)
+            if changed:
+                await self._save(uid, conversation, changed, last_speech_at=conversation.last_speech_at)
+                await self._emit(uid, [msgspec.to_builtins(s) for s in changed])
+            return conversation, False
+
     async def current(self, uid: str) -> Conversation | None:
         """The user's in-progress conversation, if any."""
         async with self._locks[uid]:
@@ -443,3 +478,47 @@ class ConversationManager:
             stt_provider=seg.stt_provider,
             speaker_name=seg.speaker_name or speaker_name(seg.speaker_id, is_user=seg.is_user),
         )
+
+
+def _extend(conversation: Conversation, recorded: list[AbsoluteSegment]) -> list[TranscriptSegment]:
+    """Merge recorded segments into ``conversation`` in time order (in place); the segments that changed.
+
+    A segment already there (by id) is replaced and keeps its speaker's number. Another recorded
+    speaker is one the conversation knows when it is the same person (the wearer, or the same
+    ``person_id``); anyone else gets a number after the conversation's own.
+    """
+    old = {s.id: (i, s) for i, s in enumerate(conversation.segments)}
+    known = {(s.is_user, s.person_id): s.speaker_id for s in conversation.segments if s.is_user or s.person_id}
+    next_id = max((s.speaker_id for s in conversation.segments), default=-1) + 1
+    ours: dict[int, int] = {s.speaker_id: old[s.id][1].speaker_id for s in recorded if s.id in old}
+    for seg in recorded:
+        if seg.speaker_id not in ours:
+            same = known.get((seg.is_user, seg.person_id)) if seg.is_user or seg.person_id else None
+            if same is None:
+                same, next_id = next_id, next_id + 1
+            ours[seg.speaker_id] = same
+    started_at = min([conversation.started_at, *(s.start for s in recorded)])
+    mine = {r.id for r in recorded}
+    timed = [(conversation.started_at + s.start, conversation.started_at + s.end, s) for s in conversation.segments]
+    timed = [t for t in timed if t[2].id not in mine]
+    for seg in recorded:
+        speaker = ours[seg.speaker_id]
+        named = seg.speaker_name if seg.is_user or seg.person_id else None  # an unknown speaker reads by number
+        timed.append(
+            (
+                seg.start,
+                seg.end,
+                ConversationManager._to_segment(
+                    msgspec.structs.replace(seg, speaker_id=speaker, speaker_name=named), started_at
+                ),
+            )
+        )
+    timed.sort(key=lambda t: (t[0], t[1]))
+    merged = [
+        msgspec.structs.replace(s, start=round(a - started_at, 3), end=round(b - started_at, 3)) for a, b, s in timed
+    ]
+    changed = [s for i, s in enumerate(merged) if s.id not in old or old[s.id][0] != i or old[s.id][1] != s]
+    conversation.started_at = started_at
+    conversation.segments = merged
+    conversation.finished_at = max(conversation.finished_at, started_at + max(s.end for s in merged))
+    return changed

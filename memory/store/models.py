@@ -23,6 +23,7 @@ __all__ = [
     "OutboxRow",
     "SegmentRow",
     "SpeakerProfileRow",
+    "SyncJobRow",
 ]
 
 
@@ -232,3 +233,39 @@ class AuditRow(Base):
     status: Mapped[int] = mapped_column(Integer)
 
     __table_args__ = (Index("ix_audit_log_uid_at", "uid", "at"), Index("ix_audit_log_at", "at"))
+
+
+class SyncJobRow(Base):
+    """An upload of the OMI device's offline recordings, and how far its processing got.
+
+    ``content_id`` keys it by the user and the files' names and contents, so the same upload again
+    finds this job. ``files`` lists each file's name, size, digest and start (the audio itself lies
+    encrypted under ``DATA_DIR/sync/<id>/`` until its conversations are delivered). ``result`` is the
+    OMI shape: ``new_memories``, ``updated_memories`` (conversation ids), ``failed_segments``,
+    ``total_segments`` and ``errors``; no transcript text.
+    """
+
+    __tablename__ = "sync_jobs"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    uid: Mapped[str] = mapped_column(String(128))
+    content_id: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))  # queued | processing | completed | partial_failure | failed
+    language: Mapped[str] = mapped_column(String(16))
+    files: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    total_files: Mapped[int] = mapped_column(Integer)
+    total_segments: Mapped[int] = mapped_column(Integer, default=0)
+    processed_segments: Mapped[int] = mapped_column(Integer, default=0)
+    successful_segments: Mapped[int] = mapped_column(Integer, default=0)
+    failed_segments: Mapped[int] = mapped_column(Integer, default=0)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+    completed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    audio_deleted_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+    __table_args__ = (
+        Index("ix_sync_jobs_uid_content", "uid", "content_id", unique=True),
+        Index("ix_sync_jobs_status", "status"),
+    )

@@ -232,6 +232,18 @@ class Outbox:
                         out["failing"] += 1
         return out
 
+    async def undelivered(self, uid: str, conversation_ids: list[str]) -> int:
+        """How many of the user's records of these conversations are not done yet (pending or dead)."""
+        if not conversation_ids:
+            return 0
+        query = select(func.count()).where(
+            OutboxRow.uid == uid,
+            OutboxRow.conversation_id.in_(conversation_ids[:500]),
+            OutboxRow.status != "done",
+        )
+        async with self._sessions() as session:
+            return int(await session.scalar(query) or 0)
+
     async def last_error(self, ids: list[int]) -> str | None:
         """The most recent error among records ``ids``."""
         query = (

@@ -41,6 +41,7 @@ from tests.integration.test_delivery import agent_of, serve, wait_drained
 from tests.integration.test_live import listening
 from tests.integration.test_webhooks import MEMORY, api_token, post_hook, realtime_segment
 from tests.llm_standin import ScriptedLlm
+from tests.offline_files import app_file
 from tests.support import ServerProcess, chat_events, have_espeak, speak, token
 
 ALICE, BOB = "iso-alice", "iso-bob"
@@ -79,11 +80,14 @@ class World:
     live_omi_ids: list[str] = field(default_factory=list)  # the OMI segment ids she sent for it
     profile_id: str = ""
     summary_id: str = ""
+    sync_job_id: str = ""  # alice's upload of an offline recording
+    sync_file: tuple[str, bytes] = ("", b"")
+    synced_id: str = ""  # the conversation it made
     baseline: dict[str, Any] = field(default_factory=dict)
 
     @property
     def alice_ids(self) -> set[str]:
-        return {self.done_id, self.live_id, self.profile_id, self.summary_id}
+        return {self.done_id, self.live_id, self.profile_id, self.summary_id, self.sync_job_id, self.synced_id}
 
     def snapshot(self) -> dict[str, Any]:
         """Everything of alice's that the API shows her, read with her API token."""
@@ -243,6 +247,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         assert post_hook(server, "day-summary", w.alice_key, f"uid={ALICE}", body=summary).status_code == 200
         w.summary_id = server.get("/v1/integrations/omi/day-summaries", uid=ALICE).json()["items"][0]["id"]
 
+        w.sync_file = app_file(speak(SECRET, "en-us", folder), "opus_fs320", now - 86_400)
+        job = _sync(server, token(ALICE), w.sync_file)
+        assert job.status_code == 202, job.text
+        w.sync_job_id = job.json()["job_id"]
+        w.synced_id = _synced(server, token(ALICE), w.sync_job_id)["result"]["new_memories"][0]
+
         def indexed() -> bool:
             hits = server.get("/v1/memory/search", uid=ALICE, params={"q": QUERY}).json()["items"]
             return any("heron" in h["text"] for h in hits) and any(h["conversation_id"] == w.live_id for h in hits)
@@ -394,20 +404,27 @@ async def listen(w: World) -> None:
 HOOKS = "/v1/integrations/omi"
 
 
-def _refused(w: World, name: str, **kwargs: Any) -> None:
-    """Bob's key, or bob's bearer token, with alice's uid in the URL: 401, whatever the body."""
-    response = post_hook(w.server, name, w.bob_key, f"uid={ALICE}", **kwargs)
-    assert response.status_code == 401 and response.json()["detail"], response.text
-    headers = {"Authorization": f"Bearer {token(BOB)}"}
-    if "content" in kwargs:
-        headers["Content-Type"] = "application/octet-stream"
-    response = httpx.post(
-        f"{w.server.http}{HOOKS}/{name}?uid={ALICE}",
-        headers=headers,
-        timeout=30,
-        **({"json": kwargs["body"]} if "body" in kwargs else {"content": kwargs["content"]}),
+def _sync(server: ServerProcess, bearer: str, file: tuple[str, bytes], version: int = 2) -> httpx.Response:
+    name, body = file
+    return httpx.post(
+        f"{server.http}/v{version}/sync-local-files",
+        files=[("files", (name, body, "application/octet-stream"))],
+        headers={"Authorization": f"Bearer {bearer}"},
+        timeout=300,
     )
-    assert response.status_code == 401 and response.json()["detail"], response.text
+
+
+def _synced(server: ServerProcess, bearer: str, job_id: str) -> dict[str, Any]:
+    """The job once it ended."""
+    found: dict[str, Any] = {}
+
+    def ended() -> bool:
+        reply = httpx.get(f"{server.http}/v2/sync-local-files/{job_id}", headers={"Authorization": f"Bearer {bearer}"})
+        found.update(reply.json())
+        return found.get("status") in ("completed", "partial_failure", "failed")
+
+    _wait(ended, "the sync job did not end", server, timeout_s=180)
+    return found
 
 
 @case("POST /v1/integrations/omi/memory-created")
@@ -494,6 +511,35 @@ def wait_drained_index(server: ServerProcess) -> None:
     _wait(lambda: server.metric("outbox_pending_index") == 0, "the outbox did not drain", server)
 
 
+@case("POST /v1/sync-local-files", "POST /v2/sync-local-files", "GET /v2/sync-local-files/{job_id:str}")
+async def offline_sync(w: World) -> None:
+    peek = w.as_bob("GET", f"/v2/sync-local-files/{w.sync_job_id}")
+    assert peek.status_code == 403 and not w.leaks(peek.text.replace(w.sync_job_id, "")), peek.text
+    mine = _sync(w.server, token(BOB), w.sync_file)  # the very same file: bob's own job, bob's own conversation
+    assert mine.status_code == 202 and mine.json()["job_id"] != w.sync_job_id, mine.text
+    job = _synced(w.server, token(BOB), mine.json()["job_id"])
+    [bobs] = job["result"]["new_memories"]
+    assert bobs not in w.alice_ids and bobs in w.bobs_conversations()
+    again = _sync(w.server, token(BOB), w.sync_file, version=1)
+    assert again.status_code == 200 and again.json()["new_memories"] == [bobs], again.text
+
+
+def _refused(w: World, name: str, **kwargs: Any) -> None:
+    """Bob's key, or bob's bearer token, with alice's uid in the URL: 401, whatever the body."""
+    response = post_hook(w.server, name, w.bob_key, f"uid={ALICE}", **kwargs)
+    assert response.status_code == 401 and response.json()["detail"], response.text
+    headers = {"Authorization": f"Bearer {token(BOB)}"}
+    if "content" in kwargs:
+        headers["Content-Type"] = "application/octet-stream"
+    response = httpx.post(
+        f"{w.server.http}{HOOKS}/{name}?uid={ALICE}",
+        headers=headers,
+        timeout=30,
+        **({"json": kwargs["body"]} if "body" in kwargs else {"content": kwargs["content"]}),
+    )
+    assert response.status_code == 401 and response.json()["detail"], response.text
+
+
 @pytest.mark.parametrize("name", list(CASES))
 async def test_bob_reaches_nothing_of_alices(world: World, name: str) -> None:
     await CASES[name](world)
@@ -504,7 +550,11 @@ async def test_bob_reaches_nothing_of_alices(world: World, name: str) -> None:
 async def test_alice_has_everything_afterwards_and_the_public_routes_hold_nothing_of_hers(world: World) -> None:
     wait_drained_index(world.server)
     world.assert_intact()
-    assert {c["id"] for c in world.snapshot()["conversations"]["items"]} == {world.done_id, world.live_id}
+    assert {c["id"] for c in world.snapshot()["conversations"]["items"]} == {
+        world.done_id,
+        world.live_id,
+        world.synced_id,
+    }
     assert any("heron" in h[2] for h in world.snapshot()["hits"]), "alice's index entries survived bob's erase"
     for path in PUBLIC_EXAMPLES:
         response = world.call("GET", path)

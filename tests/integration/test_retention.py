@@ -23,7 +23,7 @@ import pytest
 from app.cli.simulator import simulate
 from app.ops.letta_local import LocalLetta
 from app.ops.retention import DAY_S
-from memory.letta.letta_sink import AGENT_TOKEN_NAME
+from memory.letta.agents import AGENT_TOKEN_NAME
 from tests.integration.test_delivery import (
     agent_of,
     client_of,
