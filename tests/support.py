@@ -295,10 +295,14 @@ class RedisServer:
 class TcpBalancer:
     """A TCP load balancer on a free localhost port, in its own thread: each new connection goes to the
     first backend that accepts it, trying them from the one after the last used (round robin), so a
-    connection stays on one backend (sticky WebSockets) and a dead backend is skipped."""
+    connection stays on one backend (sticky WebSockets) and a dead backend is skipped.
 
-    def __init__(self, ports: list[int]) -> None:
+    With one backend it is a relay: ``delay_s`` holds every chunk sent to the backend that long (a slow
+    server), and ``ports`` may be changed while it runs (an empty list, or a closed port: unreachable)."""
+
+    def __init__(self, ports: list[int], *, delay_s: float = 0.0) -> None:
         self.ports = ports
+        self.delay_s = delay_s
         self.port = free_port()
         self._next = 0
         self._loop = asyncio.new_event_loop()
@@ -333,15 +337,17 @@ class TcpBalancer:
             writer.close()
             return
 
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, slow: bool) -> None:
             with contextlib.suppress(OSError):
                 while data := await src.read(65536):
+                    if slow and self.delay_s:
+                        await asyncio.sleep(self.delay_s)
                     dst.write(data)
                     await dst.drain()
             with contextlib.suppress(OSError):
                 dst.close()
 
-        await asyncio.gather(pipe(reader, upstream[1]), pipe(upstream[0], writer))
+        await asyncio.gather(pipe(reader, upstream[1], True), pipe(upstream[0], writer, False))
 
     def stop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)

@@ -21,7 +21,7 @@ HANDLERS: dict[str, Handler] = {name: run for group in GROUPS for name, run in g
 """Every command and the function that runs it."""
 
 READS_STORED_DATA = frozenset(
-    {"enroll", "speakers", "search", "outbox", "backfill", "erase", "purge", "token", "audit"}
+    {"enroll", "speakers", "search", "outbox", "backfill", "merge-agents", "erase", "purge", "token", "audit"}
 )
 """Commands that read or write stored data themselves: they load the encryption key first (serve and ingest
 load it in ``Services.start``)."""

@@ -52,6 +52,19 @@ def add_parsers(commands: Commands) -> None:
     backfill.add_argument("--since", type=when, metavar="WHEN", help="only conversations ending at or after this")
     backfill.add_argument("--sink", choices=("index", "letta"), help="only this sink (default: every configured one)")
 
+    merge = commands.add_parser(
+        "merge-agents",
+        help="merge a user's duplicate Letta agents (several tagged omi-uid:<uid>) into one",
+        description="Keep one of the Letta agents tagged omi-uid:<uid> (the one the service uses, or --keep), copy "
+        "into it the passages the others wrote by themselves (not tagged omi; tagged merged-from:<agent>), delete "
+        "the others, then deliver the user's stored conversations to the kept agent again, as `omi-letta "
+        "backfill` does: what it holds stays, what only the others held is added. The deleted agents' chat "
+        "history is not moved. Without --uid, every user with duplicates (`omi-letta doctor` lists them).",
+    )
+    merge.add_argument("--uid", help="only this user's agents (default: every user with more than one)")
+    merge.add_argument("--keep", metavar="AGENT_ID", help="the agent to keep (needs --uid; default: the one in use)")
+    merge.add_argument("--dry-run", action="store_true", help="only say what would be kept, copied and deleted")
+
     erase = commands.add_parser(
         "erase",
         help="erase everything of one user's: conversations (also in the memory index and Letta), voice "
@@ -155,6 +168,62 @@ def _backfill(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def _merge_agents(args: argparse.Namespace) -> int:
+    from memory.letta.agent_claims import AgentClaims
+    from memory.letta.agent_merge import duplicates, merge_agents, plan_merge
+    from memory.letta.ledger import Ledger
+    from memory.letta.letta_client import open_client
+    from memory.redis_state import worker_id
+
+    settings = load_settings()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    name = "omi-letta merge-agents"
+    if not settings.letta.delivery:
+        print(f"{name}: Letta delivery is off (LETTA_DELIVERY=false)", file=sys.stderr)
+        return 2
+    if args.keep and not args.uid:
+        print(f"{name}: --keep needs --uid", file=sys.stderr)
+        return 2
+
+    async def run() -> int:
+        client = open_client(settings.letta)
+        try:
+            async with local_delivery(settings, ("letta",)) as delivery:
+                claims = AgentClaims(delivery.store.engine, f"cli:{worker_id()}")
+                uids = [args.uid] if args.uid else list(await duplicates(client))
+                if not uids:
+                    print("no user has more than one Letta agent", file=sys.stderr)
+                    return 0
+                for uid in uids:
+                    try:
+                        plan = await plan_merge(client, claims, uid, keep=args.keep)
+                    except ValueError as exc:
+                        print(f"{name}: {exc}", file=sys.stderr)
+                        return 1
+                    if not plan.drop:
+                        print(f"uid {uid}: one agent ({plan.keep}); nothing to merge")
+                        continue
+                    dropped = ", ".join(f"{a} ({plan.notes[a]} passage(s) of its own)" for a in plan.drop)
+                    print(f"uid {uid}: keeping {plan.keep}; merging and deleting {dropped}")
+                    if args.dry_run:
+                        continue
+                    copied = await merge_agents(client, claims, Ledger(delivery.store.engine), plan)
+                    print(f"uid {uid}: copied {copied} passage(s) into {plan.keep}, deleted {len(plan.drop)} agent(s)")
+                    ids: list[int] = []
+                    for owner, conversation_id, _ in await delivery.store.keys(uid=uid):
+                        ids += await delivery.store.requeue(owner, conversation_id, ("letta",))
+                    print(f"uid {uid}: {len(ids)} record(s) queued for the kept agent; {delivery.who}", file=sys.stderr)
+                    state = await delivery.drain(ids)
+                    hint = f"`omi-letta backfill --uid {uid} --sink letta` delivers them again."
+                    if await delivery.undelivered(name, "record(s)", state, ids, hint):
+                        return 1
+            return 0
+        finally:
+            await client.close()
+
+    return asyncio.run(run())
+
+
 def _forget(args: argparse.Namespace) -> int:
     """``erase --uid U`` and ``purge``: delete through the outbox, then wait for the sinks."""
     from app.ops.retention import Retention
@@ -228,6 +297,7 @@ def _forget(args: argparse.Namespace) -> int:
 HANDLERS: dict[str, Handler] = {
     "outbox": _outbox,
     "backfill": _backfill,
+    "merge-agents": _merge_agents,
     "erase": _forget,
     "purge": _forget,
 }

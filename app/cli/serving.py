@@ -49,7 +49,8 @@ def add_parsers(commands: Commands) -> None:
         help="show which data goes to which host, and check that each backend answers",
         description="For the current settings (.env and the environment): every backend, what it is sent "
         "(audio, transcripts, embeddings) and to which host, whether PRIVACY_MODE allows it, and whether it "
-        "is reachable and accepts its credentials. Exits 1 if anything is refused or failing.",
+        "is reachable and accepts its credentials; and users with more than one Letta agent (`omi-letta "
+        "merge-agents` merges them). Exits 1 if anything is refused or failing.",
     )
     doctor.add_argument("--offline", action="store_true", help="only show the data flows; reach nothing")
 
@@ -93,11 +94,12 @@ def _letta_local(args: argparse.Namespace) -> int:
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    from app.ops.doctor import check_all, report
+    from app.ops.doctor import agent_problems, check_all, report
 
     settings = load_settings(enforce_privacy=False)  # show what the privacy mode would refuse
     checked = None if args.offline else asyncio.run(check_all(settings))
-    text, ok = report(settings, checked)
+    problems = None if args.offline else asyncio.run(agent_problems(settings))
+    text, ok = report(settings, checked, problems)
     print(text)
     return 0 if ok else 1
 

@@ -13,7 +13,7 @@ from app.privacy import Flow, flows, refusals
 if TYPE_CHECKING:
     from app.settings import Settings
 
-__all__ = ["Check", "check_all", "report"]
+__all__ = ["Check", "agent_problems", "check_all", "report"]
 
 TIMEOUT_S = 5.0
 
@@ -134,8 +134,37 @@ async def check_all(settings: Settings) -> list[tuple[Flow, Check]]:
     return list(zip(found, checks, strict=True))
 
 
-def report(settings: Settings, checked: list[tuple[Flow, Check]] | None) -> tuple[str, bool]:
-    """The doctor's text, and whether everything is in order (allowed by the privacy mode, and answering)."""
+async def agent_problems(settings: Settings) -> list[str]:
+    """Users with more than one Letta agent tagged ``omi-uid:<uid>``, each with how to merge them.
+
+    Nothing when Letta delivery is off, or Letta cannot be listed (its check says why).
+    """
+    from core.errors import DeliveryError
+    from memory.letta.agent_merge import duplicates
+    from memory.letta.letta_client import open_client
+
+    if not settings.letta.delivery:
+        return []
+    client = open_client(settings.letta)
+    try:
+        async with asyncio.timeout(6 * TIMEOUT_S):
+            found = await duplicates(client)
+    except (DeliveryError, TimeoutError):
+        return []
+    finally:
+        await client.close()
+    return [
+        f"uid {uid} has {len(ids)} Letta agents tagged omi-uid:{uid} ({', '.join(ids)}); the service uses one of "
+        f"them: merge the others into it with `omi-letta merge-agents --uid {uid}`"
+        for uid, ids in found.items()
+    ]
+
+
+def report(
+    settings: Settings, checked: list[tuple[Flow, Check]] | None, problems: list[str] | None = None
+) -> tuple[str, bool]:
+    """The doctor's text, and whether everything is in order (allowed by the privacy mode, answering, and
+    free of ``problems`` such as duplicate agents)."""
     refused = refusals(settings)
     mode = settings.privacy.mode
     lines = [
@@ -163,4 +192,7 @@ def report(settings: Settings, checked: list[tuple[Flow, Check]] | None) -> tupl
     elif mode == "cloud":
         away = [f for f, _ in rows if f.off_machine]
         lines += ["", f"{len(away)} backend(s) receive data on other machines." if away else "Everything stays here."]
+    if problems:
+        ok = False
+        lines += ["", "Problems:"] + [f"  - {p}" for p in problems]
     return "\n".join(lines), ok

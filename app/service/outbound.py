@@ -15,10 +15,11 @@ from core.metrics import Metrics
 from memory.delivery.deliverer import Deliverer, DeliveryLock, Sink
 from memory.delivery.index_sink import IndexSink
 from memory.delivery.stream_delivery import StreamDeliverer
+from memory.letta.agent_claims import AgentClaims
 from memory.letta.agents import AgentRegistry, EmbeddingSpec
 from memory.letta.letta_chat import AgentChat
 from memory.letta.letta_sink import LettaSink
-from memory.redis_state import RedisState
+from memory.redis_state import RedisState, worker_id
 from memory.search.hybrid import MemorySearch, open_search
 from memory.store.conversation_store import ConversationStore
 from memory.store.outbox import Outbox, RetryPolicy
@@ -45,13 +46,18 @@ def embedding_of(search: MemorySearch) -> EmbeddingSpec:
 
 
 def agent_registry(settings: Settings, store: ConversationStore, embedding: EmbeddingSpec) -> AgentRegistry:
-    """The Letta agents of the configured server; they embed through this service's ``/v1/embeddings``."""
+    """The Letta agents of the configured server; they embed through this service's ``/v1/embeddings``.
+
+    Agents are created under a claim in the database, so that workers sharing it create one per user.
+    """
+    owner = f"{settings.cluster.worker_id}:{worker_id()}" if settings.cluster.worker_id else worker_id()
     return AgentRegistry.from_settings(
         settings.letta,
         settings.llm,
         service_url=settings.service_url,
         tokens=TokenStore(store.engine),
         embedding=embedding,
+        claims=AgentClaims(store.engine, owner),
     )
 
 

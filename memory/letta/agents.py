@@ -2,6 +2,13 @@
 
 One :class:`AgentRegistry` serves the sink (which writes the agent's memory) and chat (which
 messages the agent): they find the same agent, and share its locks.
+
+An agent is created only under the user's claim in the database
+(:mod:`memory.letta.agent_claims`), and only after Letta was asked once more whether another
+worker created it meanwhile: several workers, however many, create one agent per user. Where
+several agents carry a user's tag anyway (made by an older version, or a create whose reply was
+lost and that was tried again), every worker uses the same one: the one the claim names, else the
+oldest; ``omi-letta doctor`` reports them and ``omi-letta merge-agents`` merges them.
 """
 
 from __future__ import annotations
@@ -9,20 +16,23 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from letta_client import AsyncLetta
 
 from core.errors import DeliveryError
-from memory.letta.letta_client import letta_errors, open_client
+from memory.letta.letta_client import letta_errors, open_client, unsent
 from memory.letta.letta_tool import SECRET_TOKEN, SECRET_URL, SOURCE
 from memory.letta.passage_groups import recent_block
 from memory.store.crypto import installed
 from memory.store.tokens import PREFIX, TokenStore
 
 if TYPE_CHECKING:
+    from memory.letta.agent_claims import AgentClaim, AgentClaims
     from memory.memory_settings import LettaSettings, LlmSettings
 
 __all__ = [
@@ -32,9 +42,12 @@ __all__ = [
     "RECENT_BLOCK",
     "RECENT_BLOCK_CHARS",
     "TOOLS_UID",
+    "UID_TAG",
     "AgentRegistry",
     "AgentSpec",
     "EmbeddingSpec",
+    "choose_agent",
+    "uid_tag",
 ]
 
 log = logging.getLogger(__name__)
@@ -48,6 +61,25 @@ TOOLS_UID = "omi-letta:letta-tools"  # a user with no memory: Letta lists our MC
 AGENT_TOKEN_NAME = "Letta agent (memory tools)"  # the name of the API token an agent's memory tools use
 EmbeddingSpec = Callable[[], Awaitable[tuple[str, int]]]
 """Returns the name and dimension of the embedding model behind this service's ``/v1/embeddings``."""
+TAGGED_LISTED = 20  # agents of one user looked at: more than one is already a duplicate
+CLAIM_POLL_S = 0.25  # how often a worker waiting for another's agent looks at the claim
+
+
+UID_TAG = "omi-uid:"
+
+
+def uid_tag(uid: str) -> str:
+    """The tag of ``uid``'s agent."""
+    return f"{UID_TAG}{uid}"
+
+
+def choose_agent(found: list[Any], claim: AgentClaim | None) -> Any:
+    """Of several agents tagged for one user, the one every worker uses: the claimed one, else the oldest."""
+    claimed = [a for a in found if claim is not None and a.id == claim.agent_id]
+    if claimed:
+        return claimed[0]
+    latest = datetime.max.replace(tzinfo=UTC)
+    return min(found, key=lambda a: (a.created_at or latest, a.id))
 
 
 class AgentSpec:
@@ -82,7 +114,7 @@ class AgentSpec:
         args: dict[str, Any] = {
             "name": f"omi-{uid}",
             "description": f"Memory of the conversations heard by OMI user {uid}.",
-            "tags": ["omi", f"omi-uid:{uid}"],
+            "tags": ["omi", uid_tag(uid)],
             "tools": ["archival_memory_search"],
             "memory_blocks": [
                 {
@@ -127,10 +159,16 @@ class AgentRegistry:
         *,
         agents: dict[str, str] | None = None,
         memory_tools: str = "mcp",
+        claims: AgentClaims | None = None,
+        claim_wait_s: float = 60.0,
+        claim_stale_s: float = 300.0,
     ) -> None:
         self.client = client
         self.spec = spec
         self.memory_tools = memory_tools  # mcp | http | none: see LETTA_MEMORY_TOOLS
+        self.claims = claims  # None: this process alone creates agents (tests of one registry)
+        self.claim_wait_s = claim_wait_s  # how long to wait for another worker's agent before retrying later
+        self.claim_stale_s = claim_stale_s  # a claim with no agent this old is taken over
         self._tokens = tokens
         self._configured = dict(agents or {})
         self._agents: dict[str, str] = {}
@@ -143,7 +181,14 @@ class AgentRegistry:
 
     @classmethod
     def from_settings(
-        cls, letta: LettaSettings, llm: LlmSettings, *, service_url: str, tokens: TokenStore, embedding: EmbeddingSpec
+        cls,
+        letta: LettaSettings,
+        llm: LlmSettings,
+        *,
+        service_url: str,
+        tokens: TokenStore,
+        embedding: EmbeddingSpec,
+        claims: AgentClaims | None = None,
     ) -> AgentRegistry:
         """The registry of the configured Letta server (LETTA_BASE_URL, else the local one)."""
         return cls(
@@ -152,6 +197,9 @@ class AgentRegistry:
             tokens,
             agents=letta.agents(),
             memory_tools=letta.memory_tools,
+            claims=claims,
+            claim_wait_s=max(60.0, 2 * letta.timeout_s),
+            claim_stale_s=max(300.0, 10 * letta.timeout_s),
         )
 
     async def close(self) -> None:
@@ -167,6 +215,9 @@ class AgentRegistry:
 
         An agent we create or adopt gets the memory's tools: those of our MCP server, or the
         ``search_memory_http`` custom tool where the Letta server refuses it (``LETTA_MEMORY_TOOLS``).
+
+        Raises:
+            DeliveryError: Letta failed, or (transient) another worker is still creating the agent.
         """
         if uid in self._agents:
             return self._agents[uid]
@@ -176,31 +227,103 @@ class AgentRegistry:
             configured = self._configured.get(uid) or self._configured.get("*")
             if configured is not None:
                 async with letta_errors("finding the configured agent"):
-                    found = [await self.client.agents.retrieve(configured, include=["agent.tools"])]
+                    state, created = await self.client.agents.retrieve(configured, include=["agent.tools"]), False
             else:
-                async with letta_errors("listing agents"):
-                    page = await self.client.agents.list(
-                        tags=[f"omi-uid:{uid}"], match_all_tags=True, limit=1, include=["agent.tools"]
-                    )
-                found = list(page.items)
-            if found:
-                agent = found[0].id
+                found = await self.tagged(uid)
+                state, created = (await self._choose(uid, found), False) if found else await self._create_claimed(uid)
+            agent = str(state.id)
+            if not created:
                 tools = await self.memory_tool_ids()
-                if not set(tools) <= {t.id for t in found[0].tools or []}:
+                if not set(tools) <= {t.id for t in state.tools or []}:
                     await self._give_memory_tools(agent, uid, tools)
-            else:
-                args = await self.spec.create_args(uid)
-                if "llm_config" in args and self.spec.llm.api_key:
-                    await self._ensure_llm_provider()
-                tools = await self.memory_tool_ids()
-                if tools:
-                    args["tool_ids"] = tools
-                    args["secrets"] = await self._memory_secrets(uid)
-                async with letta_errors("creating an agent"):
-                    agent = (await self.client.agents.create(**args)).id
-                log.info("created Letta agent %s for uid %s", agent, uid)
             self._agents[uid] = agent
             return agent
+
+    def forget(self, uid: str) -> None:
+        """Find ``uid``'s agent again next time (Letta no longer has the one we knew: deleted or merged)."""
+        self._agents.pop(uid, None)
+
+    async def tagged(self, uid: str) -> list[Any]:
+        """The agents Letta lists with ``uid``'s tag (with their tools)."""
+        async with letta_errors("listing agents"):
+            page = await self.client.agents.list(
+                tags=[uid_tag(uid)], match_all_tags=True, limit=TAGGED_LISTED, include=["agent.tools"]
+            )
+        return list(page.items)
+
+    async def _choose(self, uid: str, found: list[Any]) -> Any:
+        """The agent of ``uid`` among those tagged, kept in the claims so that every worker picks it."""
+        claim = await self.claims.get(uid) if self.claims is not None else None
+        chosen = choose_agent(found, claim)
+        if len(found) > 1:
+            log.warning(
+                "uid %s has %d Letta agents tagged %s; using %s (`omi-letta merge-agents --uid %s` merges them)",
+                uid, len(found), uid_tag(uid), chosen.id, uid,
+            )  # fmt: skip
+        if self.claims is not None and (claim is None or claim.agent_id != chosen.id):
+            await self.claims.record(uid, chosen.id)
+        return chosen
+
+    async def _create_claimed(self, uid: str) -> tuple[Any, bool]:
+        """Create ``uid``'s agent under the user's claim, or wait for the worker that holds it.
+
+        Returns the agent, and whether this call created it.
+        """
+        claims = self.claims
+        if claims is None:
+            return await self._create(uid), True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.claim_wait_s
+        waiting = False
+        while not await claims.claim(uid):
+            held = await claims.get(uid)
+            if held is None:  # released meanwhile: claim again
+                continue
+            if held.owner == claims.owner:  # ours, from an attempt that failed
+                break
+            if held.agent_id is not None or time.time() - held.claimed_at > self.claim_stale_s:
+                found = await self.tagged(uid)
+                if found:
+                    return await self._choose(uid, found), False
+                if held.agent_id is None:
+                    log.warning("worker %s claimed uid %s's agent long ago and made none; taking over", held.owner, uid)
+                if await claims.take_over(held):
+                    break
+                continue
+            if not waiting:
+                log.info("waiting for worker %s, which is creating the Letta agent of uid %s", held.owner, uid)
+                waiting = True
+            if loop.time() >= deadline:
+                raise DeliveryError(
+                    f"worker {held.owner} is still creating the Letta agent of uid {uid}; retrying", transient=True
+                )
+            await asyncio.sleep(CLAIM_POLL_S)
+        found = await self.tagged(uid)  # another worker may have made it just before our claim
+        if found:
+            chosen = await self._choose(uid, found)
+            return chosen, False
+        try:
+            state = await self._create(uid)
+        except DeliveryError as exc:
+            if unsent(exc):  # Letta never saw it: let another worker go ahead
+                await claims.release(uid)
+            raise  # otherwise the claim stays: the create may still land
+        await claims.settle(uid, str(state.id))
+        return state, True
+
+    async def _create(self, uid: str) -> Any:
+        """A new agent for ``uid``, with the memory tools."""
+        args = await self.spec.create_args(uid)
+        if "llm_config" in args and self.spec.llm.api_key:
+            await self._ensure_llm_provider()
+        tools = await self.memory_tool_ids()
+        if tools:
+            args["tool_ids"] = tools
+            args["secrets"] = await self._memory_secrets(uid)
+        async with letta_errors("creating an agent"):
+            state = await self.client.agents.create(**args)
+        log.info("created Letta agent %s for uid %s", state.id, uid)
+        return state
 
     async def _ensure_llm_provider(self) -> None:
         """Keep LLM_API_KEY and LLM_BASE_URL in the Letta provider the agents' model names (once per process)."""

@@ -135,6 +135,11 @@ class Ledger:
                     .values(passage_id=passage_id, state="stored", updated_at=now)
                 )
 
+    async def forget_agent(self, agent_id: str) -> None:
+        """Drop every row of an agent (it was deleted from Letta)."""
+        async with self._sessions() as session, session.begin():
+            await session.execute(delete(LettaPassageRow).where(LettaPassageRow.agent_id == agent_id))
+
     async def forget(self, agent_id: str, keys: list[str]) -> None:
         """Drop rows (the groups were deleted from Letta, or never inserted)."""
         if not keys:

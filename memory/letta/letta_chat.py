@@ -16,7 +16,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from letta_client import APIConnectionError, APIError, APIStatusError, APITimeoutError
+from letta_client import APIConnectionError, APIError, APIStatusError, APITimeoutError, NotFoundError
 
 from core.errors import ConflictError, DeliveryError
 
@@ -122,6 +122,8 @@ class AgentChat:
             )
         except APIError as exc:
             lock.release()
+            if isinstance(exc, NotFoundError):  # the agent is gone (deleted, merged): find it again next time
+                self.agents.forget(uid)
             raise _unavailable(exc) from exc
         except BaseException:
             lock.release()

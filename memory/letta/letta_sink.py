@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from letta_client import NotFoundError as LettaNotFound
+
+from core.errors import DeliveryError
 from core.segments import TranscriptSegment
 from memory.delivery.deliverer import Delivery, Sink
 from memory.letta.agents import AgentRegistry
@@ -93,6 +96,14 @@ class LettaSink(Sink):
         """Apply a user's records together: one insert request for all their missing groups, one block update."""
         uid = items[0].record.uid
         agent = await self.agents.agent_for(uid)
+        try:
+            await self._apply(agent, uid, items)
+        except DeliveryError as exc:
+            if isinstance(exc.__cause__, LettaNotFound):  # the agent is gone (deleted, merged): find it again
+                self.agents.forget(uid)
+            raise
+
+    async def _apply(self, agent: str, uid: str, items: list[Delivery]) -> None:
         states: dict[str, Conversation | None] = {}  # conversations to sync, as stored now
         deleted: list[str] = []
         closed: list[Conversation] = []

@@ -14,11 +14,13 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from memory.store.encrypted import EncryptedBytes, EncryptedJSON, EncryptedText
 
 __all__ = [
+    "AgentClaimRow",
     "ApiTokenRow",
     "AuditRow",
     "Base",
     "ConversationRow",
     "DaySummaryRow",
+    "DeviceActivityRow",
     "LettaPassageRow",
     "OutboxRow",
     "SegmentRow",
@@ -172,6 +174,31 @@ class LettaPassageRow(Base):
         Index("uq_letta_passages_agent_key", "agent_id", "key", unique=True),
         Index("ix_letta_passages_agent_conversation", "agent_id", "conversation_id"),
     )
+
+
+class AgentClaimRow(Base):
+    """Who creates, or created, a user's Letta agent: one row per user, so one worker at a time creates it.
+
+    A worker inserts the row (``owner``, ``claimed_at``) before it creates the agent, and sets
+    ``agent_id`` once Letta answered. The primary key makes the insert the claim: a second worker's
+    fails, and it waits for ``agent_id`` instead of creating an agent of its own.
+    """
+
+    __tablename__ = "letta_agent_claims"
+
+    uid: Mapped[str] = mapped_column(String(128), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64))
+    agent_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    claimed_at: Mapped[float] = mapped_column(Float)
+
+
+class DeviceActivityRow(Base):
+    """When audio last arrived from a user's device (any worker): for the alert on a device gone silent."""
+
+    __tablename__ = "device_activity"
+
+    uid: Mapped[str] = mapped_column(String(128), primary_key=True)
+    last_audio_at: Mapped[float] = mapped_column(Float)
 
 
 class ApiTokenRow(Base):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -18,13 +20,16 @@ from app.settings import load_settings
 from core.conversation import Conversation
 from core.errors import DeliveryError
 from core.segments import TranscriptSegment
-from memory.letta.agents import RECENT_BLOCK
+from memory.letta.agent_claims import AgentClaims
+from memory.letta.agent_merge import duplicates, merge_agents, plan_merge
+from memory.letta.agents import RECENT_BLOCK, uid_tag
+from memory.letta.ledger import Ledger
 from memory.letta.letta_sink import LettaSink
 from memory.letta.passage_groups import group_turns
 from memory.store.conversation_store import ConversationStore
 from memory.store.outbox import OutboxRecord
 from tests.memory_support import SAMPLE_LINES, SAMPLE_SPEAKERS, T0
-from tests.support import StandInEmbeddings, free_port
+from tests.support import StandInEmbeddings, TcpBalancer, free_port
 
 
 @pytest.fixture(scope="module")
@@ -287,5 +292,67 @@ async def test_where_letta_refuses_our_mcp_server_agents_get_the_http_tool(
     try:
         [tool] = await sink.agents.memory_tool_ids()
         assert (await sink.client.tools.retrieve(tool)).name == "search_memory_http"
+    finally:
+        await sink.close()
+
+
+async def test_two_workers_finding_no_agent_at_once_create_one_under_the_claim(
+    letta: LocalLetta,
+    store: ConversationStore,
+    embeddings: StandInEmbeddings,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+):
+    """Issue "Always on": two registries on two connections to one database (two workers), with Letta slowed
+    so that both have listed no agent before either creates one."""
+    slow = TcpBalancer([letta.port], delay_s=0.4).start()
+    other = await ConversationStore.open(f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}", sinks=("letta",))
+    env = {"LETTA_BASE_URL": slow.http}
+    a, b = make_sink(letta, store, embeddings, **env), make_sink(letta, other, embeddings, **env)
+    uid = f"race-{uuid.uuid4().hex[:8]}"
+    try:
+        await asyncio.gather(a.agents.memory_tool_ids(), b.agents.memory_tool_ids())  # not what races here
+        with caplog.at_level(logging.INFO, logger="memory.letta.agents"):
+            found = await asyncio.gather(a.agents.agent_for(uid), b.agents.agent_for(uid))
+        assert "waiting for worker" in caplog.text, "both found no agent, and one waited for the other's claim"
+        tagged = (await a.client.agents.list(tags=[uid_tag(uid)], match_all_tags=True, limit=10)).items
+        assert [t.id for t in tagged] == [found[0]] == [found[1]], "exactly one agent, used by both"
+        claim = await AgentClaims(store.engine, "reader").get(uid)
+        assert claim is not None and claim.agent_id == found[0]
+    finally:
+        await a.close()
+        await b.close()
+        await other.close()
+        slow.stop()
+
+
+async def test_duplicate_agents_are_used_alike_then_merged_into_the_one_in_use(
+    letta: LocalLetta, store: ConversationStore, embeddings: StandInEmbeddings
+):
+    """Agents made twice before claims existed: every worker uses the oldest, and a merge keeps it, copies the
+    other's own notes, deletes it, and the kept agent then gets the user's conversations again."""
+    sink = make_sink(letta, store, embeddings)
+    uid = f"dup-{uuid.uuid4().hex[:8]}"
+    conversation = await stored_sample(store, uid)
+    try:
+        args = await sink.agents.spec.create_args(uid)
+        older = await sink.client.agents.create(**args)
+        newer = await sink.client.agents.create(**args)
+        await sink.client.agents.passages.create(newer.id, text="The wearer prefers tea to coffee.", tags=["note"])
+        await sink.deliver(record(conversation), conversation, conversation.segments)
+        assert await sink.agents.agent_for(uid) == older.id, "the oldest of the duplicates"
+        assert (await duplicates(sink.client))[uid] == [older.id, newer.id]
+
+        claims = AgentClaims(store.engine, "cli")
+        plan = await plan_merge(sink.client, claims, uid)
+        assert (plan.keep, plan.drop, plan.notes) == (older.id, [newer.id], {newer.id: 1})
+        assert await merge_agents(sink.client, claims, Ledger(store.engine), plan) == 1
+        assert await merge_agents(sink.client, claims, Ledger(store.engine), plan) == 0, "copied once"
+        assert uid not in await duplicates(sink.client)
+        tagged = (await sink.client.agents.list(tags=[uid_tag(uid)], match_all_tags=True, limit=10)).items
+        assert [a.id for a in tagged] == [older.id]
+        texts = [p.text for p in await agent_passages(sink.client, older.id)]
+        assert "The wearer prefers tea to coffee." in texts
+        assert sorted(t for t in texts if t.startswith("Conversation ")) == expected_texts(conversation)
     finally:
         await sink.close()
