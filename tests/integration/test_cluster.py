@@ -2,8 +2,8 @@
 
 The workers are two ``omi-letta serve`` processes with their own data directories and the same
 ``DATABASE_URL``, ``REDIS_URL``, ``VECTOR_INDEX=pgvector`` and encryption key, delivering to the
-session's real local Letta server. A small TCP balancer in front of them stands for the
-production load balancer (sticky: a WebSocket stays on one worker).
+session's real local Letta server through a relay that can slow it down. A small TCP balancer in
+front of them stands for the production load balancer (sticky: a WebSocket stays on one worker).
 """
 
 from __future__ import annotations
@@ -70,11 +70,12 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 
 class Cluster:
-    """Two workers, ``a`` and ``b``, and the balancer in front of them."""
+    """Two workers, ``a`` and ``b``, the balancer in front of them, and the relay they reach Letta through."""
 
-    def __init__(self, root: Path, env: dict[str, str]) -> None:
+    def __init__(self, root: Path, env: dict[str, str], letta_relay: TcpBalancer) -> None:
         self.root = root
         self.env = env
+        self.letta_relay = letta_relay
         self.workers = {name: ServerProcess(root / name, env={**env, "WORKER_ID": name}) for name in ("a", "b")}
         self.balancer = TcpBalancer([w.port for w in self.workers.values()])
 
@@ -94,12 +95,14 @@ class Cluster:
         for worker in self.workers.values():
             worker.stop()
         self.balancer.stop()
+        self.letta_relay.stop()
 
 
 @pytest.fixture(scope="module")
 def cluster(
     tmp_path_factory: pytest.TempPathFactory, postgres: str, redis_server: RedisServer, letta: LocalLetta
 ) -> Iterator[Cluster]:
+    relay = TcpBalancer([letta.port]).start()  # Letta as the workers reach it; a test slows it down
     env = {
         **FAST,
         "CONVERSATION_TIMEOUT_S": "300",  # a conversation stays open across a reconnect; tests close it
@@ -111,7 +114,7 @@ def cluster(
         "ENCRYPTION_KEY": encode_key(Keyring.new_key()),
         "WS_CONNECT_INTERVAL_S": str(CONNECT_INTERVAL_S),
         "LETTA_DELIVERY": "true",
-        "LETTA_BASE_URL": letta.base_url,
+        "LETTA_BASE_URL": relay.http,
         "LETTA_TIMEOUT_S": "4",
         "LETTA_PASSAGE_MAX_CHARS": "300",
         "OUTBOX_BASE_DELAY_S": "0.2",
@@ -119,7 +122,7 @@ def cluster(
         "OUTBOX_MAX_ATTEMPTS": "200",
         "OUTBOX_POLL_S": "0.2",
     }
-    cluster = Cluster(tmp_path_factory.mktemp("cluster"), env).start()
+    cluster = Cluster(tmp_path_factory.mktemp("cluster"), env, relay).start()
     yield cluster
     cluster.stop()
 
@@ -331,3 +334,29 @@ async def test_a_delivery_worker_killed_with_work_in_hand_leaves_it_to_the_other
     conversation = as_conversation(survivor.get(f"/v1/conversations/{listed['id']}", uid=uid).json(), uid)
     eventually_exactly_once(client, agent, conversation)
     cluster.restart(busy)
+
+
+async def test_two_workers_asked_for_a_new_users_agent_at_once_create_one(cluster: Cluster, letta: LocalLetta):
+    """Issue "Always on": with Letta slowed, both workers find no agent for a new user before either made one;
+    the claim in the shared database lets one create it, and the other waits for it and uses it."""
+    uid = f"race-{uuid.uuid4().hex[:8]}"
+    client = client_of(letta)
+
+    async def ask(worker: ServerProcess) -> None:
+        headers = {"Authorization": f"Bearer {token(uid)}"}
+        async with (
+            httpx.AsyncClient(timeout=120) as http,
+            http.stream("POST", f"{worker.http}/v1/chat", json={"message": "Hello?"}, headers=headers) as reply,
+        ):
+            async for _ in reply.aiter_lines():  # the agent is made before the reply starts; its model may be away
+                break
+
+    cluster.letta_relay.delay_s = 0.5
+    try:
+        await asyncio.gather(ask(cluster.workers["a"]), ask(cluster.workers["b"]))
+    finally:
+        cluster.letta_relay.delay_s = 0.0
+    agents = client.agents.list(tags=[f"omi-uid:{uid}"], match_all_tags=True, limit=10).items
+    assert len(agents) == 1, f"one agent for {uid}, not {[a.id for a in agents]}"
+    waited = [name for name, w in cluster.workers.items() if f"Letta agent of uid {uid}" in w.log()]
+    assert len(waited) == 1, "one worker found the other's claim and waited for its agent: the race was forced"
