@@ -1,8 +1,10 @@
 """Where the service sends what: the data flows of the current settings, and the ``local`` privacy mode.
 
 Each :class:`Flow` says which data goes to which host for one backend. In ``PRIVACY_MODE=local``
-(the default) a flow to another machine is refused at startup, with the setting that allows it;
-``omi-letta doctor`` prints the flows and checks each backend.
+(the default) a flow of audio, transcripts or embeddings to another machine is refused at startup,
+with the setting that allows it; ``omi-letta doctor`` prints the flows and checks each backend.
+Alerts (``ALERT_WEBHOOK_URL``) are a flow too, but carry none of those (the problem in words,
+counts, times, the host and uids), so they may go to another machine in either mode.
 """
 
 from __future__ import annotations
@@ -25,6 +27,11 @@ if TYPE_CHECKING:
 __all__ = ["Flow", "Routed", "flows", "is_loopback", "refusals"]
 
 
+class _Alerts(Protocol):
+    @property
+    def webhook_url(self) -> str: ...
+
+
 class Routed(Protocol):
     """What decides where data goes: the backend sections of the settings (``app.settings.Settings`` is one)."""
 
@@ -40,6 +47,8 @@ class Routed(Protocol):
     def letta(self) -> LettaSettings: ...
     @property
     def llm(self) -> LlmSettings: ...
+    @property
+    def alerts(self) -> _Alerts: ...
     @property
     def database_url(self) -> str: ...
 
@@ -76,6 +85,7 @@ class Flow:
     setting: str  # the setting that chose it, e.g. "LLM_BASE_URL=https://api.openai.com/v1"
     url: str = ""  # what `doctor` checks, when it can
     off_machine: bool = False
+    personal: bool = True  # it carries audio, transcripts or embeddings; False: PRIVACY_MODE=local allows it anywhere
 
 
 def _deepgram_url(settings: Routed) -> str:
@@ -131,6 +141,11 @@ def flows(settings: Routed) -> list[Flow]:
         data = "live transcript and speaker voices (encrypted), which user streams where"
         flow = _to("shared state: Redis", data, f"redis://{host}", shown)
         out.append(Flow(flow.backend, flow.data, host_of(redis_url), shown, redis_url, flow.off_machine))
+    if settings.alerts.webhook_url:
+        url = settings.alerts.webhook_url
+        shown = f"ALERT_WEBHOOK_URL at {host_of(url)}"  # not the path: an ntfy topic is a secret
+        flow = _to("alerts: webhook", "problem names, counts, uids (no transcript)", url, shown)
+        out.append(Flow(flow.backend, flow.data, flow.host, flow.setting, url, flow.off_machine, personal=False))
     letta = settings.letta
     if not letta.delivery:
         return out
@@ -166,5 +181,9 @@ def flows(settings: Routed) -> list[Flow]:
 
 
 def refusals(settings: Routed) -> list[str]:
-    """Why ``PRIVACY_MODE=local`` refuses these settings: one line per flow to another machine."""
-    return [f"{f.backend} would send {f.data} to {f.host} ({f.setting})" for f in flows(settings) if f.off_machine]
+    """Why ``PRIVACY_MODE=local`` refuses these settings: one line per flow of personal data to another machine."""
+    return [
+        f"{f.backend} would send {f.data} to {f.host} ({f.setting})"
+        for f in flows(settings)
+        if f.off_machine and f.personal
+    ]

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import get_type_hints
 
 from app.privacy import refusals
-from core.config import build_section, check_range, env_rows, read_env_file, setting
+from core.config import build_section, check_range, duration_s, env_rows, read_env_file, setting
 from core.errors import SettingsError
 from ingest.ingest_settings import AsrSettings, DiarizationSettings
 from memory.memory_settings import (
@@ -33,7 +33,9 @@ from memory.memory_settings import (
 )
 
 __all__ = [
+    "AlertSettings",
     "AuthSettings",
+    "BackupSettings",
     "PrivacySettings",
     "RetentionSettings",
     "ServerSettings",
@@ -48,6 +50,7 @@ __all__ = [
     "read_env_file",
 ]
 
+_TOPIC = re.compile(r"[-_A-Za-z0-9]{1,64}")
 _ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 
 
@@ -261,6 +264,98 @@ class SyncSettings:
 
 
 @dataclass(frozen=True)
+class BackupSettings:
+    """Backups `omi-letta serve` writes on a schedule (docs/always-on.md)."""
+
+    every: str = setting(
+        "BACKUP_EVERY",
+        "",
+        "While `omi-letta serve` runs, write a backup (the archive of `omi-letta backup`) this often, e.g. `24h`, "
+        "`30m` or `7d` (a number alone is seconds), and check it opens and its checksums hold; a failure is an "
+        "alert and is tried again within 10 minutes. Empty or 0: no scheduled backups.",
+    )
+    folder: str = setting(
+        "BACKUP_DIR",
+        "",
+        "Folder of the scheduled backups (made with mode 0700); empty means `DATA_DIR/backups`. Another disk "
+        "guards against losing this one.",
+    )
+    keep: int = setting(
+        "BACKUP_KEEP", 7, "Scheduled backups kept in BACKUP_DIR; once a new one is checked, older ones are deleted."
+    )
+    keys: bool = setting(
+        "BACKUP_KEYS",
+        True,
+        "Put the encryption key file in each scheduled backup (as `omi-letta backup` does): the archive then "
+        "decrypts the data by itself. `false` leaves it out (as `--no-keys`); keep the key apart then.",
+    )
+
+    def __post_init__(self) -> None:
+        every = duration_s("BACKUP_EVERY", self.every)
+        if every and every < 1.0:
+            raise SettingsError(f"BACKUP_EVERY={self.every!r} is under a second")
+        check_range("BACKUP_KEEP", self.keep, 1, 10_000)
+
+    @property
+    def every_s(self) -> float:
+        """BACKUP_EVERY in seconds; 0 when scheduled backups are off."""
+        return duration_s("BACKUP_EVERY", self.every)
+
+
+@dataclass(frozen=True)
+class AlertSettings:
+    """What `omi-letta serve` checks, and where it says so when something breaks (docs/always-on.md)."""
+
+    webhook_url: str = setting(
+        "ALERT_WEBHOOK_URL",
+        "",
+        "Where alerts go: one JSON POST when a problem starts and one when it clears, readable by ntfy (its root "
+        "URL, e.g. `https://ntfy.sh/`, with ALERT_TOPIC) and by generic JSON webhooks. Alerts name the problem "
+        "and never carry transcript text, audio or embeddings, so PRIVACY_MODE=local allows another machine. "
+        "Empty: none are sent; `/health` still shows the checks.",
+    )
+    topic: str = setting(
+        "ALERT_TOPIC",
+        "omi-letta",
+        "The `topic` of every alert: the ntfy topic it is published to (anyone who knows it can subscribe: pick "
+        "one hard to guess). Letters, digits, `-` and `_`.",
+    )
+    token: str = setting(
+        "ALERT_WEBHOOK_TOKEN",
+        "",
+        "Sent with every alert as `Authorization: Bearer <token>` (an ntfy access token, say); empty sends none.",
+    )
+    check_interval_s: float = setting(
+        "ALERT_CHECK_INTERVAL_S", 60.0, "How often `omi-letta serve` runs its checks (those of `/health`), in s."
+    )
+    backlog_age_s: float = setting(
+        "ALERT_BACKLOG_AGE_S",
+        900.0,
+        "Alert when a change has waited this long for delivery to Letta or the memory index, in s.",
+    )
+    disk_free_mb: float = setting(
+        "ALERT_DISK_FREE_MB",
+        1024.0,
+        "Alert when the disk of DATA_DIR (or of BACKUP_DIR) has less free space than this, in MB; 0: never.",
+    )
+    silence_h: float = setting(
+        "ALERT_SILENCE_H",
+        24.0,
+        "Alert when a device that streamed in the last 7 days has sent no audio for this long, in hours; 0: never.",
+    )
+
+    def __post_init__(self) -> None:
+        if self.webhook_url and not self.webhook_url.startswith(("http://", "https://")):
+            raise SettingsError("ALERT_WEBHOOK_URL must start with http:// or https://")
+        if not _TOPIC.fullmatch(self.topic):
+            raise SettingsError(f"ALERT_TOPIC={self.topic!r} must be 1-64 letters, digits, `-` or `_`")
+        check_range("ALERT_CHECK_INTERVAL_S", self.check_interval_s, 0.1, 86_400.0)
+        check_range("ALERT_BACKLOG_AGE_S", self.backlog_age_s, 1.0, 30 * 86_400.0)
+        check_range("ALERT_DISK_FREE_MB", self.disk_free_mb, 0.0, 1e9)
+        check_range("ALERT_SILENCE_H", self.silence_h, 0.0, 24 * 30.0)
+
+
+@dataclass(frozen=True)
 class WebhookSettings:
     """The OMI cloud's developer webhooks (`/v1/integrations/omi/...`)."""
 
@@ -286,6 +381,8 @@ class Settings:
     storage: StorageSettings = field(default_factory=StorageSettings)
     encryption: EncryptionSettings = field(default_factory=EncryptionSettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
+    backup: BackupSettings = field(default_factory=BackupSettings)
+    alerts: AlertSettings = field(default_factory=AlertSettings)
     letta: LettaSettings = field(default_factory=LettaSettings)
     llm: LlmSettings = field(default_factory=LlmSettings)
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
@@ -326,6 +423,11 @@ class Settings:
         return self.server.data_dir / "keys" / "omi-letta.key"
 
     @property
+    def backup_dir(self) -> Path:
+        """The folder of scheduled backups: BACKUP_DIR, else ``DATA_DIR/backups``."""
+        return Path(self.backup.folder).expanduser() if self.backup.folder else self.server.data_dir / "backups"
+
+    @property
     def database_url(self) -> str:
         """The effective database URL."""
         if self.storage.database_url:
@@ -344,6 +446,8 @@ SECTIONS: tuple[type, ...] = (
     StorageSettings,
     EncryptionSettings,
     RetentionSettings,
+    BackupSettings,
+    AlertSettings,
     EmbeddingSettings,
     VectorIndexSettings,
     LettaSettings,

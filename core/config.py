@@ -7,13 +7,16 @@ service's settings. A wrong value raises :class:`~core.errors.SettingsError` nam
 
 from __future__ import annotations
 
+import math
 from dataclasses import MISSING, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
 
 from core.errors import SettingsError
 
-__all__ = ["build_section", "check_range", "convert", "env_rows", "read_env_file", "setting"]
+__all__ = ["build_section", "check_range", "convert", "duration_s", "env_rows", "read_env_file", "setting"]
+
+_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0}
 
 
 def setting(env: str, default: Any, doc: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -24,6 +27,24 @@ def setting(env: str, default: Any, doc: str, choices: tuple[str, ...] | None = 
 def check_range(env: str, value: float, low: float, high: float) -> None:
     if not low <= value <= high:
         raise SettingsError(f"{env}={value} is out of range; it must be between {low} and {high}")
+
+
+def duration_s(env: str, text: str) -> float:
+    """A duration such as ``24h``, ``30m``, ``7d``, ``90s`` or ``90`` (seconds) in seconds; empty is 0.
+
+    Raises:
+        SettingsError: naming ``env``, when ``text`` is none of those.
+    """
+    raw = text.strip().lower()
+    number = raw.rstrip("smhd")
+    unit = raw[len(number) :]
+    try:
+        value = float(number) if raw else 0.0
+    except ValueError:
+        value = -1.0
+    if not math.isfinite(value) or value < 0 or unit not in _UNITS:
+        raise SettingsError(f"{env}={text!r} is not a duration: give a number with s, m, h or d, such as 24h or 30m")
+    return value * _UNITS[unit]
 
 
 def convert(env: str, raw: str, kind: Any) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -24,11 +25,21 @@ __all__ = ["erase_my_data", "health", "live", "metrics"]
 log = logging.getLogger(__name__)
 
 
-@get("/health", tags=["service"], summary="Liveness and what is loaded")
+@get("/health", tags=["service"], summary="Liveness, what is loaded, and the checks that alert")
 async def health(services: Services) -> dict[str, Any]:
-    """Whether the service is up, with its speech-to-text engine and database."""
+    """Whether the service is up (``status`` is always ``ok`` and the status 200 while it serves), with its
+    speech-to-text engine and database, and the checks that raise alerts: ``healthy`` is false while one
+    fails, and ``checks`` holds each (``letta``, ``delivery_backlog``, ``dead_letters``, ``disk``,
+    ``backup``, ``speech_to_text``, ``device_silence``) with ``ok``, ``detail`` and ``since``, as of
+    ``checked_at`` (every ALERT_CHECK_INTERVAL_S). A failing check does not change the status code: a
+    balancer should keep a worker that serves, even with Letta away or the disk filling."""
+    monitor = services.health
+    checked = monitor.checked_at
     return {
         "status": "ok",
+        "healthy": monitor.healthy,
+        "checked_at": None if checked is None else datetime.fromtimestamp(checked, UTC).isoformat(timespec="seconds"),
+        "checks": monitor.report(),
         "stt": services.pipeline.streaming.name
         if services.pipeline.streaming is not None
         else services.pipeline.transcriber.asr.name,

@@ -16,7 +16,7 @@ only after the store's copy is delivered again, idempotently, from the restored 
 
 Not copied: the local Letta server (``DATA_DIR/letta``, its own PostgreSQL; ``omi-letta
 backfill`` refills it), model caches, SQLite's ``-wal``, ``-shm`` and ``-journal`` files, locks,
-logs and earlier backups.
+logs (``DATA_DIR/logs``), the alert state (``DATA_DIR/run``) and earlier backups (``DATA_DIR/backups``).
 
 A restore reads the whole archive and checks every checksum before it writes anything, writes
 each file beside its place and renames it there, then migrates the store to the newest schema.
@@ -70,8 +70,9 @@ KEYS_DIR = "keys"
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
 # Not ours to copy, or not state: the local Letta server and model caches (top-level folders of
-# DATA_DIR), SQLite's side files, locks, logs, partial writes, and backups kept in DATA_DIR.
-SKIP_DIRS = frozenset({"letta", "models", "cache", ".cache", "huggingface", "hf", "tmp"})
+# DATA_DIR), the scheduled backups, the service's logs and run state (alerts), SQLite's side files,
+# locks, logs, partial writes, and backups kept in DATA_DIR.
+SKIP_DIRS = frozenset({"letta", "models", "cache", ".cache", "huggingface", "hf", "tmp", "backups", "logs", "run"})
 SKIP_SUFFIXES = ("-wal", "-shm", "-journal", ".lock", ".log", ".tmp", ".partial")
 SKIP_PREFIXES = ("omi-letta-backup-", ".omi-letta-backup-", ".restore-")
 
@@ -361,11 +362,21 @@ def _walk(data_dir: Path) -> Iterator[Path]:
 
 
 def _is_sqlite(path: Path) -> bool:
+    """Whether ``path`` is a SQLite database, asked of SQLite itself.
+
+    Never by opening the file: closing any descriptor of a file drops every POSIX lock this process
+    holds on it, so in ``omi-letta serve`` (scheduled backups) reading a live index file's header
+    would strip the service's own connection of its locks, and SQLite would then delete the WAL
+    index under it. SQLite's own connections share one descriptor per file within a process.
+    """
     try:
-        with path.open("rb") as f:
-            return f.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
-    except OSError:
+        if path.stat().st_size < len(SQLITE_MAGIC):
+            return False
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60)) as db:
+            db.execute("PRAGMA schema_version").fetchone()
+    except (OSError, sqlite3.Error):
         return False
+    return True
 
 
 def _snapshot(source: Path, dest: Path) -> None:

@@ -39,6 +39,16 @@ async def _http(url: str, headers: dict[str, str] | None = None, method: str = "
     return Check(True, "reachable, authorized")
 
 
+async def _reachable(url: str) -> Check:
+    """Whether anything answers at ``url``; no alert is posted (any answer, 405 too, means it is there)."""
+    try:
+        async with httpx.AsyncClient(timeout=TIMEOUT_S) as client:
+            response = await client.head(url)
+    except httpx.HTTPError as exc:
+        return Check(False, f"unreachable ({type(exc).__name__})")
+    return Check(True, f"reachable (answered {response.status_code}; no alert was sent)")
+
+
 async def _database(url: str) -> Check:
     from sqlalchemy import text
     from sqlalchemy.ext.asyncio import create_async_engine
@@ -89,6 +99,8 @@ async def _check(flow: Flow, settings: Settings) -> Check:
         return await _database(flow.url)
     if name.startswith("shared state: Redis"):
         return await _redis(flow.url)
+    if name.startswith("alerts"):
+        return await _reachable(flow.url)
     if name.startswith("vector index"):
         index = settings.vector_index
         headers = {"Api-Key": index.pinecone_api_key}
@@ -190,7 +202,7 @@ def report(
         lines += ["", "Refused by PRIVACY_MODE=local (set PRIVACY_MODE=cloud to allow, or use this machine):"]
         lines += [f"  - {r}" for r in refused]
     elif mode == "cloud":
-        away = [f for f, _ in rows if f.off_machine]
+        away = [f for f, _ in rows if f.off_machine and f.personal]
         lines += ["", f"{len(away)} backend(s) receive data on other machines." if away else "Everything stays here."]
     if problems:
         ok = False

@@ -137,6 +137,7 @@ class LiveSession:
             DecodeError: the frame is not valid for the codec (the session stays usable).
         """
         assert self.stream is not None, "open() the session first"
+        self.services.health.heard(self.uid)
         self.stream.feed(frame)
 
     async def close(self) -> None:

@@ -7,10 +7,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.ops.backup_schedule import BackupSchedule
 from app.ops.retention import Retention
 from app.privacy import is_loopback
+from app.service.alerts import Alerter
 from app.service.cluster import Cluster
 from app.service.firebase import FirebaseVerifier
+from app.service.health_checks import HealthMonitor
 from app.service.live_hub import LiveHub
 from app.service.outbound import Outbound
 from app.service.pipeline import Pipeline
@@ -87,6 +90,8 @@ class Services:
     cluster: Cluster
     live: LiveHub  # the live transcript, fanned out to web pages
     retention: Retention  # the retention purge (RETENTION_DAYS) and erasing a user's data
+    health: HealthMonitor  # the checks of /health, and their alerts (ALERT_WEBHOOK_URL)
+    backups: BackupSchedule | None = None  # scheduled backups (BACKUP_EVERY), run where delivery runs
     firebase: FirebaseVerifier | None = None  # Firebase ID tokens of the OMI app, when FIREBASE_PROJECT_ID is set
     sync: SyncRunner | None = None  # the device's offline recordings; None when changes are not queued
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)  # run first by stop()
@@ -104,9 +109,9 @@ class Services:
         """Load models, migrate and open the database, load its encryption key, and start the conversation sweeper.
 
         With ``queue`` every stored change is queued in the outbox for the configured sinks; with
-        ``deliver`` too, this process runs the delivery loops, unless another process (a running
-        ``omi-letta serve``) holds the data directory's delivery lock, and the retention purge
-        (``RETENTION_DAYS``).
+        ``deliver`` too (``omi-letta serve``), this process runs the health checks and their alerts,
+        and, unless another process holds the data directory's delivery lock, the delivery loops,
+        the retention purge (``RETENTION_DAYS``) and the scheduled backups (``BACKUP_EVERY``).
         """
         settings.server.data_dir.mkdir(parents=True, exist_ok=True)
         metrics = Metrics()
@@ -132,6 +137,9 @@ class Services:
         log.info("ready: %s, database %s", pipeline.name, storage.store.dialect)
         outbound = Outbound.open(settings, storage.store, metrics, queue=queue, redis=cluster.redis)
         a = settings.auth
+        backups = BackupSchedule.from_settings(settings)
+        al = settings.alerts
+        alerter = Alerter(al.webhook_url, topic=al.topic, token=al.token) if al.webhook_url else None
         services = cls(
             settings,
             metrics,
@@ -153,6 +161,7 @@ class Services:
                 metrics=metrics,
                 uploads=SealedFiles(settings.server.data_dir / SYNC_DIR),
             ),
+            HealthMonitor(settings, metrics, storage.store.engine, backups=backups, alerter=alerter),
             firebase=(
                 FirebaseVerifier(a.firebase_project_id, a.firebase_jwks_url, leeway_s=a.token_leeway_s)
                 if a.firebase_project_id
@@ -166,6 +175,11 @@ class Services:
             services.retention.start()  # its deletions are queued, so they reach the sinks too
             if services.sync is not None:
                 await services.sync.start()
+            if backups is not None:
+                services.backups = backups
+                backups.start()
+        if queue and deliver:
+            services.health.start()
         return services
 
     @property
@@ -183,6 +197,9 @@ class Services:
         if self.sync is not None:
             await self.sync.stop()
         self.live.close()
+        await self.health.stop()
+        if self.backups is not None:
+            await self.backups.stop()
         await self.retention.stop()
         await self.conversations.stop()
         if self.outbound.deliverer is not None:
