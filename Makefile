@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 # The CPU build of torch; installed first so the project's `torch>=2.2` does not pull a CUDA build.
 TORCH  ?= torch==2.13.0
-APT_PACKAGES := libopus0 libsndfile1 espeak-ng sox postgresql chromium tcpdump redis-server
+APT_PACKAGES := libopus0 libsndfile1 espeak-ng sox postgresql chromium tcpdump redis-server systemd
 
 .DEFAULT_GOAL := help
 .PHONY: help run test lint typecheck unit bench system-deps install env clean
@@ -13,7 +13,7 @@ APT_PACKAGES := libopus0 libsndfile1 espeak-ng sox postgresql chromium tcpdump r
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-system-deps: ## install libopus, espeak-ng, sox, PostgreSQL, Chromium and tcpdump for tests (apt; brew on macOS)
+system-deps: ## install libopus, espeak-ng, sox, PostgreSQL, Chromium, tcpdump, Redis and systemd-analyze for tests (apt; brew on macOS)
 	@if [ "$$(uname)" = "Darwin" ]; then \
 		command -v brew >/dev/null || { echo "Install Homebrew, then: brew install opus espeak-ng sox libsndfile"; exit 1; }; \
 		brew list opus >/dev/null 2>&1 || brew install opus espeak-ng sox libsndfile; \

@@ -10,13 +10,13 @@ import argparse
 import sys
 
 from app import __version__
-from app.cli import admin, audio, deliveries, offline_sync, recall, serving
+from app.cli import admin, audio, deliveries, offline_sync, recall, service_cmds, serving
 from app.cli.cli_support import Handler, unlock_data
 from app.settings import SettingsError, load_settings
 
 __all__ = ["main"]
 
-GROUPS = (serving, audio, offline_sync, recall, deliveries, admin)
+GROUPS = (serving, service_cmds, audio, offline_sync, recall, deliveries, admin)
 HANDLERS: dict[str, Handler] = {name: run for group in GROUPS for name, run in group.HANDLERS.items()}
 """Every command and the function that runs it."""
 
