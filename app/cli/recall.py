@@ -42,8 +42,13 @@ def add_parsers(commands: Commands) -> None:
         "or /quit leaves. Without a terminal, each line of standard input is one question.",
     )
     chat.add_argument("--url", help="the service (default: http://127.0.0.1:PORT)")
-    chat.add_argument(
+    who = chat.add_mutually_exclusive_group()
+    who.add_argument(
         "--token", help="your API token (`omi-letta token create --uid U`); default: the OMI_LETTA_TOKEN variable"
+    )
+    who.add_argument(
+        "--uid",
+        help="chat as this user, as the operator of this machine: the token is ADMIN_KEY (from .env) and the uid",
     )
     chat.add_argument("-m", "--message", help="ask this one question, print the answer and exit")
     chat.add_argument("-v", "--verbose", action="store_true", help="also show the agent's reasoning and tool results")
@@ -90,11 +95,24 @@ def _search(args: argparse.Namespace) -> int:
 def _chat(args: argparse.Namespace) -> int:
     from app.cli.chat_client import ChatClientError, ask, printer, repl
 
-    token = args.token or os.environ.get("OMI_LETTA_TOKEN", "")
+    settings = load_settings(enforce_privacy=False)  # it only talks to the service
+    if args.uid is not None:
+        if not args.uid.strip():
+            print("omi-letta chat: --uid is blank", file=sys.stderr)
+            return 2
+        if not settings.auth.admin_key:
+            print("omi-letta chat: --uid needs ADMIN_KEY (in .env); or give --token", file=sys.stderr)
+            return 2
+        token = f"{settings.auth.admin_key}{args.uid}"
+    else:
+        token = args.token or os.environ.get("OMI_LETTA_TOKEN", "")
     if not token:
-        print("omi-letta chat: give --token or set OMI_LETTA_TOKEN (omi-letta token create --uid U)", file=sys.stderr)
+        print(
+            "omi-letta chat: give --uid U, --token, or set OMI_LETTA_TOKEN (omi-letta token create --uid U)",
+            file=sys.stderr,
+        )
         return 2
-    url = args.url or f"http://127.0.0.1:{load_settings().server.port}"
+    url = args.url or f"http://127.0.0.1:{settings.server.port}"
     if args.message is None:
         return repl(url, token, verbose=args.verbose)
     try:

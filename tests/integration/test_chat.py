@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import uuid
@@ -100,3 +101,27 @@ def test_chat_without_letta_is_503_with_the_reason(server: ServerProcess) -> Non
     assert "LETTA_DELIVERY" in response.json()["detail"]
     assert server.post("/v1/chat", uid="no-letta", json={"message": ""}).status_code == 400
     assert httpx.post(f"{server.http}/v1/chat", json={"message": "hi"}).status_code == 401
+
+
+def test_the_terminal_chat_as_a_uid_uses_admin_key_from_env(server: ServerProcess, tmp_path: Path) -> None:
+    """``omi-letta chat --uid U``, like ``search --uid``: the operator needs no token of the user's."""
+    from tests.support import ADMIN_KEY
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        clean = {k: v for k, v in os.environ.items() if k not in ("ADMIN_KEY", "OMI_LETTA_TOKEN")}
+        return subprocess.run(
+            [sys.executable, "-m", "app", "chat", "--url", server.http, *args],
+            cwd=tmp_path,
+            env=clean,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    no_key = run("--uid", "no-letta", "-m", "hi")
+    assert no_key.returncode == 2 and "ADMIN_KEY" in no_key.stderr
+    (tmp_path / ".env").write_text(f"ADMIN_KEY={ADMIN_KEY}\n")
+    asked = run("--uid", "no-letta", "-m", "hi")
+    assert asked.returncode == 1, asked.stderr
+    assert "answered 503" in asked.stderr and "LETTA_DELIVERY" in asked.stderr, "authorized as the uid (not 401)"
+    assert run("--uid", "x", "--token", "t", "-m", "hi").returncode == 2, "--uid or --token, not both"
