@@ -149,7 +149,7 @@ async def check_all(settings: Settings) -> list[tuple[Flow, Check]]:
 async def agent_problems(settings: Settings) -> list[str]:
     """Users with more than one Letta agent tagged ``omi-uid:<uid>``, each with how to merge them.
 
-    Nothing when Letta delivery is off, or Letta cannot be listed (its check says why).
+    Nothing when Letta delivery is off; one line saying why when Letta's agents cannot be listed.
     """
     from core.errors import DeliveryError
     from memory.letta.agent_merge import duplicates
@@ -161,8 +161,10 @@ async def agent_problems(settings: Settings) -> list[str]:
     try:
         async with asyncio.timeout(6 * TIMEOUT_S):
             found = await duplicates(client)
-    except (DeliveryError, TimeoutError):
-        return []
+    except DeliveryError as exc:
+        return [f"the Letta agents could not be listed to look for a user's duplicates: {exc.detail}"]
+    except TimeoutError:
+        return [f"the Letta agents could not be listed in {6 * TIMEOUT_S:.0f} s to look for a user's duplicates"]
     finally:
         await client.close()
     return [

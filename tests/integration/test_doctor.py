@@ -3,15 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import os
 import subprocess
 import sys
+import uuid
+from pathlib import Path
+
+import httpx
 
 from app.ops.doctor import check_all, report
 from app.ops.letta_local import LocalLetta
 from app.settings import load_settings
+from tests.integration.test_delivery import (
+    agent_of,
+    as_conversation,
+    client_of,
+    eventually_exactly_once,
+    passages_of,
+    serve,
+    wait_drained,
+)
+from tests.integration.test_webhooks import MEMORY, api_token, hook_url
 from tests.llm_standin import ScriptedLlm
-from tests.support import ROOT, RedisServer, free_port
+from tests.support import ADMIN_KEY, ROOT, RedisServer, ServerProcess, free_port
 
 
 def doctor(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -92,3 +107,58 @@ def test_doctor_checks_redis_and_pgvector_of_several_workers(tmp_path):
         redis.stop()
     gone = dict((f.backend, c) for f, c in asyncio.run(check_all(load_settings(env, env_file=None))))
     assert gone["shared state: Redis"].ok is False and "cannot connect" in gone["shared state: Redis"].detail
+
+
+def test_doctor_reports_a_users_second_agent_and_merge_agents_merges_it(tmp_path: Path, letta: LocalLetta):
+    """Issue "Always on": an agent made twice for one user (as two workers once did) is reported, and merged:
+    the kept one gets the other's own notes and the user's conversations, exactly once; the other is deleted."""
+    server = serve(tmp_path / "data", letta)
+    uid = f"twice-{uuid.uuid4().hex[:8]}"
+    client = client_of(letta)
+    env = {"DATA_DIR": str(server.data_dir), "ADMIN_KEY": ADMIN_KEY, "LETTA_BASE_URL": letta.base_url}
+    try:
+        memory = copy.deepcopy(MEMORY)
+        reply = httpx.post(hook_url(server, "memory-created", api_token(server, uid), f"uid={uid}"), json=memory)
+        assert reply.status_code == 200, reply.text
+        wait_drained(server)
+        used = agent_of(client, uid)  # the service's, holding the conversation
+        first = client.agents.retrieve(used)
+        second = client.agents.create(
+            name=f"omi-{uid}",
+            tags=["omi", f"omi-uid:{uid}"],
+            llm_config=first.llm_config,
+            embedding_config=first.embedding_config,
+        )
+        client.agents.passages.create(second.id, text="The wearer's sister is called Ruth.", tags=["note"])
+        client.agents.passages.create(used, text="The wearer likes long walks.", tags=["note"])
+
+        found = doctor(**env)
+        assert f"uid {uid} has 2 Letta agents" in found.stdout and f"merge-agents --uid {uid}" in found.stdout
+        dry = merge(server, uid, "--keep", second.id, "--dry-run")
+        assert dry.returncode == 0 and f"keeping {second.id}" in dry.stdout, dry.stderr
+        assert {a.id for a in client.agents.list(tags=[f"omi-uid:{uid}"], match_all_tags=True)} == {used, second.id}
+
+        done = merge(server, uid, "--keep", second.id)  # keep the newer: it lacks the conversation
+        assert done.returncode == 0, done.stdout + done.stderr
+        wait_drained(server)
+        assert [a.id for a in client.agents.list(tags=[f"omi-uid:{uid}"], match_all_tags=True)] == [second.id]
+        [listed] = server.get("/v1/conversations/", uid=uid).json()["items"]
+        stored = as_conversation(server.get(f"/v1/conversations/{listed['id']}", uid=uid).json(), uid)
+        eventually_exactly_once(client, second.id, stored)  # the running service found the kept agent again
+        notes = {p.text: p.tags for p in passages_of(client, second.id) if "note" in (p.tags or [])}
+        assert set(notes) == {"The wearer's sister is called Ruth.", "The wearer likes long walks."}
+        assert f"merged-from:{used}" in notes["The wearer likes long walks."]
+        assert f"uid {uid} has" not in doctor(**env).stdout
+    finally:
+        server.stop()
+
+
+def merge(server: ServerProcess, uid: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "app", "merge-agents", "--uid", uid, *args],
+        cwd=server.data_dir.parent,
+        env={**os.environ, **server.env, "DATA_DIR": str(server.data_dir), "ADMIN_KEY": ADMIN_KEY},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
