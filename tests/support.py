@@ -354,6 +354,58 @@ class TcpBalancer:
         self._thread.join(5)
 
 
+class AlertReceiver:
+    """A webhook receiver on a free localhost port, in its own thread: keeps every JSON body posted to it,
+    with its ``Authorization`` header as ``_auth`` (the alerts of ``ALERT_WEBHOOK_URL``)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.bodies: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with owner.lock:
+                    owner.bodies.append({**json.loads(raw), "_auth": self.headers.get("Authorization")})
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+
+    def start(self) -> AlertReceiver:
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    def of(self, key: str) -> list[dict[str, Any]]:
+        with self.lock:
+            return [b for b in self.bodies if b["key"] == key]
+
+    def wait(self, key: str, status: str, timeout_s: float = 60) -> dict[str, Any]:
+        """The alert of ``key`` with ``status``, once it came."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            found = [b for b in self.of(key) if b["status"] == status]
+            if found:
+                return found[0]
+            assert time.monotonic() < deadline, f"no {status} alert for {key}; got {[b['key'] for b in self.bodies]}"
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
 class StandInEmbeddings:
     """A tiny OpenAI-compatible ``POST /v1/embeddings`` server for tests, on a free localhost port.
 

@@ -17,11 +17,9 @@ import json
 import os
 import shutil
 import stat
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +35,7 @@ from tests.conftest import FAST
 from tests.integration.test_backup import cli, conversation, stored
 from tests.integration.test_delivery import LONG_DIALOGUE
 from tests.integration.test_webhooks import MEMORY, api_token, hook_url
-from tests.support import ServerProcess, TcpBalancer, free_port, synthesize, token
+from tests.support import AlertReceiver, ServerProcess, TcpBalancer, synthesize, token
 
 CHECK_S = 0.5
 BOGUS_AGENT = "agent-00000000-0000-4000-8000-000000000000"
@@ -45,55 +43,7 @@ BOGUS_AGENT = "agent-00000000-0000-4000-8000-000000000000"
 SAID = ("errand", "pharmacy", "clinic", "prescription", "cardiologist", "timeline", "launches")
 
 
-class Receiver:
-    """An HTTP server that keeps every JSON body posted to it: the alert webhook."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.bodies: list[dict[str, Any]] = []
-        self.lock = threading.Lock()
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                with owner.lock:
-                    owner.bodies.append({**json.loads(raw), "_auth": self.headers.get("Authorization")})
-                self.send_response(200)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"{}")
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/"
-
-    def of(self, key: str) -> list[dict[str, Any]]:
-        with self.lock:
-            return [b for b in self.bodies if b["key"] == key]
-
-    def wait(self, key: str, status: str, timeout_s: float = 60) -> dict[str, Any]:
-        """The alert of ``key`` with ``status``, once it came."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            found = [b for b in self.of(key) if b["status"] == status]
-            if found:
-                return found[0]
-            assert time.monotonic() < deadline, f"no {status} alert for {key}; got {[b['key'] for b in self.bodies]}"
-            time.sleep(0.1)
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-def fired_and_cleared(receiver: Receiver, key: str) -> dict[str, Any]:
+def fired_and_cleared(receiver: AlertReceiver, key: str) -> dict[str, Any]:
     """Exactly one alert when the problem started, and one when it cleared, in that order."""
     receiver.wait(key, "resolved")
     time.sleep(3 * CHECK_S)  # a second alert would have come by now
@@ -123,8 +73,8 @@ def until(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
 
 
 @pytest.fixture(scope="module")
-def receiver() -> Iterator[Receiver]:
-    found = Receiver()
+def receiver() -> Iterator[AlertReceiver]:
+    found = AlertReceiver().start()
     yield found
     found.stop()
 
@@ -139,7 +89,7 @@ ALERTS = {
 
 
 @pytest.fixture(scope="module")
-def backing_up(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Iterator[ServerProcess]:
+def backing_up(tmp_path_factory: pytest.TempPathFactory, receiver: AlertReceiver) -> Iterator[ServerProcess]:
     root = tmp_path_factory.mktemp("scheduled")
     env = {**ALERTS, "ALERT_WEBHOOK_URL": receiver.url, "BACKUP_EVERY": "2s", "BACKUP_KEEP": "2"}
     env["BACKUP_DIR"] = str(root / "backups")
@@ -187,7 +137,7 @@ def test_scheduled_backups_rotate_and_the_newest_restores_into_an_empty_data_dir
 
 
 def test_a_backup_that_cannot_be_written_alerts_until_one_is_written_again(
-    backing_up: ServerProcess, receiver: Receiver, tmp_path: Path
+    backing_up: ServerProcess, receiver: AlertReceiver, tmp_path: Path
 ):
     folder = Path(backing_up.env["BACKUP_DIR"])
     aside = tmp_path / "aside"
@@ -222,7 +172,7 @@ def disk_margin() -> int:
 
 @pytest.fixture(scope="module")
 def alerting(
-    tmp_path_factory: pytest.TempPathFactory, receiver: Receiver, relay: TcpBalancer, disk_margin: int
+    tmp_path_factory: pytest.TempPathFactory, receiver: AlertReceiver, relay: TcpBalancer, disk_margin: int
 ) -> Iterator[ServerProcess]:
     root = tmp_path_factory.mktemp("alerting")
     free_mb = shutil.disk_usage(root).free / 2**20
@@ -259,7 +209,7 @@ def post_memory(server: ServerProcess, uid: str) -> None:
 
 
 def test_letta_away_and_the_backlog_behind_it_alert_and_clear(
-    alerting: ServerProcess, receiver: Receiver, relay: TcpBalancer, letta: LocalLetta
+    alerting: ServerProcess, receiver: AlertReceiver, relay: TcpBalancer, letta: LocalLetta
 ):
     firing = receiver.wait("letta", "firing")
     assert firing["problem"] == "Letta is unreachable" and relay.http in firing["detail"]
@@ -276,7 +226,7 @@ def test_letta_away_and_the_backlog_behind_it_alert_and_clear(
 
 
 def test_a_dead_letter_alerts_until_it_is_purged(
-    alerting: ServerProcess, receiver: Receiver, relay: TcpBalancer, letta: LocalLetta
+    alerting: ServerProcess, receiver: AlertReceiver, relay: TcpBalancer, letta: LocalLetta
 ):
     relay.ports = [letta.port]  # Letta answers: while it is away, nothing becomes a dead letter
     uid = alerting.env["LETTA_AGENT_ID"].split("=")[0]  # its configured agent does not exist
@@ -289,7 +239,7 @@ def test_a_dead_letter_alerts_until_it_is_purged(
 
 
 def test_a_filling_disk_alerts_and_clears_when_space_is_freed(
-    alerting: ServerProcess, receiver: Receiver, disk_margin: int
+    alerting: ServerProcess, receiver: AlertReceiver, disk_margin: int
 ):
     filler = alerting.data_dir / "filler.bin"
     with filler.open("wb") as f:
@@ -314,7 +264,7 @@ async def send_audio(server: ServerProcess, uid: str, audio: np.ndarray, *, spee
 
 
 async def test_speech_faster_than_it_can_be_transcribed_alerts_and_clears(
-    alerting: ServerProcess, receiver: Receiver, tmp_path: Path
+    alerting: ServerProcess, receiver: AlertReceiver, tmp_path: Path
 ):
     wav, _ = synthesize(LONG_DIALOGUE * 2, tmp_path / "long.wav", gap_s=0.6)
     audio, _ = soundfile.read(wav, dtype="float32")
@@ -325,7 +275,7 @@ async def test_speech_faster_than_it_can_be_transcribed_alerts_and_clears(
 
 
 async def test_a_device_that_goes_quiet_alerts_and_clears_when_it_streams_again(
-    alerting: ServerProcess, receiver: Receiver
+    alerting: ServerProcess, receiver: AlertReceiver
 ):
     uid = f"quiet-{uuid.uuid4().hex[:6]}"
     silence = np.zeros(16_000, np.float32)  # a second of a quiet room: audio, no speech

@@ -43,6 +43,11 @@ def test_environment_wins_over_env_file(tmp_path: Path):
         ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL='LOUD' is not one of"),
         ({"LETTA_BASE_URL": "localhost:8283"}, "LETTA_BASE_URL must start with http:// or https://"),
         ({"LETTA_LOCAL_PORT": "70000"}, "LETTA_LOCAL_PORT=70000 is out of range"),
+        ({"BACKUP_EVERY": "daily"}, "BACKUP_EVERY='daily' is not a duration"),
+        ({"BACKUP_EVERY": "0.5s"}, "BACKUP_EVERY='0.5s' is under a second"),
+        ({"BACKUP_KEEP": "0"}, "BACKUP_KEEP=0 is out of range"),
+        ({"ALERT_WEBHOOK_URL": "ntfy.sh/mine"}, "ALERT_WEBHOOK_URL must start with http:// or https://"),
+        ({"ALERT_TOPIC": "my topic"}, "ALERT_TOPIC='my topic' must be 1-64 letters"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], message: str):
@@ -140,3 +145,20 @@ def test_local_privacy_allows_backends_on_this_machine(env: dict[str, str]):
 def test_doctor_can_read_settings_the_privacy_mode_refuses():
     settings = load_settings({"LLM_BASE_URL": "https://api.openai.com/v1"}, env_file=None, enforce_privacy=False)
     assert settings.llm.base_url == "https://api.openai.com/v1"
+
+
+@pytest.mark.parametrize(("every", "seconds"), [("24h", 86_400.0), ("30m", 1800.0), ("7d", 604_800.0), ("90", 90.0)])
+def test_backup_every_reads_a_duration(every: str, seconds: float):
+    settings = load_settings({"BACKUP_EVERY": every}, env_file=None)
+    assert settings.backup.every_s == seconds
+    assert settings.backup_dir == Path("data") / "backups"
+    assert load_settings({}, env_file=None).backup.every_s == 0.0, "off unless set"
+
+
+def test_alerts_may_go_to_another_machine_in_local_mode_and_are_listed_as_a_flow():
+    from app.privacy import flows, refusals
+
+    settings = load_settings({"ALERT_WEBHOOK_URL": "https://ntfy.sh/"}, env_file=None)  # not refused
+    [alerts] = [f for f in flows(settings) if f.backend.startswith("alerts")]
+    assert alerts.off_machine and not alerts.personal and alerts.host == "ntfy.sh"
+    assert "no transcript" in alerts.data and refusals(settings) == []
