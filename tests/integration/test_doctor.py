@@ -26,7 +26,7 @@ from tests.integration.test_delivery import (
 )
 from tests.integration.test_webhooks import MEMORY, api_token, hook_url
 from tests.llm_standin import ScriptedLlm
-from tests.support import ADMIN_KEY, ROOT, RedisServer, ServerProcess, free_port
+from tests.support import ADMIN_KEY, ROOT, AlertReceiver, RedisServer, ServerProcess, free_port
 
 
 def doctor(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -162,3 +162,20 @@ def merge(server: ServerProcess, uid: str, *args: str) -> subprocess.CompletedPr
         text=True,
         timeout=300,
     )
+
+
+def test_doctor_lists_alerts_as_a_flow_local_mode_allows_and_reaches_the_receiver_without_alerting(tmp_path):
+    receiver = AlertReceiver().start()
+    try:
+        env = {"DATA_DIR": str(tmp_path), "LETTA_DELIVERY": "false", "ALERT_WEBHOOK_URL": receiver.url}
+        settings = load_settings(env, env_file=None)  # PRIVACY_MODE=local: not refused
+        checked = {f.backend: (f, c) for f, c in asyncio.run(check_all(settings))}
+        flow, check = checked["alerts: webhook"]
+        assert "no transcript" in flow.data and check.ok is True and "no alert was sent" in check.detail
+        assert receiver.bodies == []
+        text, _ = report(settings, list(checked.values()))
+        assert "Refused" not in text and "alerts: webhook" in text
+    finally:
+        receiver.stop()
+    gone = dict((f.backend, c) for f, c in asyncio.run(check_all(load_settings(env, env_file=None))))
+    assert gone["alerts: webhook"].ok is False and "unreachable" in gone["alerts: webhook"].detail
