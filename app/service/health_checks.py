@@ -209,13 +209,15 @@ class HealthMonitor:
         out: list[Problem] = []
         late = {sink: s for sink, s in stats.items() if s["pending"] and s["oldest_pending_age_s"] > limit}
         if late:
-            sink, worst = max(late.items(), key=lambda item: item[1]["oldest_pending_age_s"])
+            each = "; ".join(
+                f"{n['pending']:.0f} change(s) waiting for {sink}, the oldest for {_ago(n['oldest_pending_age_s'])}"
+                for sink, n in sorted(late.items())
+            )
             out.append(
                 Problem(
                     "delivery_backlog",
                     "Delivery is falling behind",
-                    f"the oldest of {worst['pending']:.0f} change(s) waiting for {sink} was queued "
-                    f"{_ago(worst['oldest_pending_age_s'])} ago (ALERT_BACKLOG_AGE_S={limit:g})",
+                    f"{each} (ALERT_BACKLOG_AGE_S={limit:g})",
                     clear="Delivery has caught up.",
                 )
             )
