@@ -9,7 +9,9 @@ segments are stored differs.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -54,13 +56,14 @@ async def hear(
     hook: ProgressHook | None = None,
     ids: Callable[[int], str] | None = None,
     gate: Callable[[], None] | None = None,
+    executor: Executor | None = None,
 ) -> Heard:
     """Transcribe, diarize and identify ``audio`` (16 kHz mono) that began at epoch ``origin``.
 
     ``ids`` names the segments (default: random ids), ``gate`` runs before each transcription
-    (see :func:`ingest.batch.transcribe_audio`).
+    (see :func:`ingest.batch.transcribe_audio`); the work runs on ``executor`` (default: asyncio's threads).
     """
-    found, diarization = await asyncio.to_thread(
+    work = functools.partial(
         transcribe_audio,
         audio,
         asr=pipeline.transcriber.asr,
@@ -76,6 +79,7 @@ async def hear(
         ids=ids,
         gate=gate,
     )
+    found, diarization = await asyncio.get_running_loop().run_in_executor(executor, work)
     matched = match_profiles(
         diarization.embeddings, await profiles.list(uid), settings.diarization.speaker_match_threshold
     )

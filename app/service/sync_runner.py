@@ -25,11 +25,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import hmac
 import logging
+import os
+import sys
+import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -106,6 +111,8 @@ class SyncRunner:
         self.outbox = outbox
         self.jobs = SyncJobStore(storage.store.engine)
         self.files = SealedFiles(settings.server.data_dir / SYNC_DIR)
+        # The sync's own threads, at a lower priority than live streams: they use what the CPU has spare.
+        self._pool = ThreadPoolExecutor(self.settings.workers, thread_name_prefix="sync", initializer=_lower_priority)
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._done: dict[str, asyncio.Event] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -196,6 +203,7 @@ class SyncRunner:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def _work(self) -> None:
         while True:
@@ -216,10 +224,11 @@ class SyncRunner:
         if job is None or job.finished:
             return job
         await self.jobs.update(job.id, status="processing")
-        decoded = await asyncio.to_thread(self._decode, job)
+        loop = asyncio.get_running_loop()
+        decoded = await loop.run_in_executor(self._pool, self._decode, job)
         pieces = []
         for recording in recordings(decoded, join_gap_s=self.settings.merge_gap_s):
-            found = await asyncio.to_thread(
+            cut = functools.partial(
                 speech_pieces,
                 recording.audio,
                 self.pipeline.vad,
@@ -227,6 +236,7 @@ class SyncRunner:
                 merge_gap_s=self.settings.merge_gap_s,
                 min_s=MIN_PIECE_S,
             )
+            found = await loop.run_in_executor(self._pool, cut)
             pieces += [(recording, start, end) for start, end in found]
         result: dict[str, Any] = dict(job.result or {"new_memories": [], "updated_memories": [], "errors": []})
         errors: list[str] = list(result.get("errors") or [])
@@ -292,6 +302,7 @@ class SyncRunner:
             language=job.language,
             ids=lambda n: _segment_id(job.content_id, index, n),
             gate=self._let_live_go_first,
+            executor=self._pool,
         )
         if not heard.segments:
             return None, False
@@ -348,3 +359,11 @@ class SyncRunner:
             except Exception:
                 log.exception("sync: cleaning up audio failed; retrying")
             await asyncio.sleep(CLEANUP_EVERY_S)
+
+
+def _lower_priority() -> None:
+    """Run this thread (and the threads it starts) at a lower CPU priority: nice 10 (Linux, where a thread has
+    a priority of its own; elsewhere the whole process would be lowered, so nothing changes)."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
