@@ -427,7 +427,7 @@ def turn_count(server: Server, streams: int) -> int:
     total = 0
     for i in range(streams):
         headers = {"Authorization": f"Bearer {ADMIN_KEY}load{i}"}
-        req = urllib.request.Request(f"{server.base}/v1/conversations?limit=100", headers=headers)
+        req = urllib.request.Request(f"{server.base}/v1/conversations/page?limit=100", headers=headers)
         with urllib.request.urlopen(req, timeout=10) as r:
             total += sum(len(c["transcript_segments"]) for c in json.loads(r.read())["items"])
     return total
@@ -440,7 +440,7 @@ def conversation_counts(server: Server, streams: int) -> list[int]:
     counts = []
     for i in range(streams):
         req = urllib.request.Request(
-            f"{server.base}/v1/conversations?limit=1", headers={"Authorization": f"Bearer {ADMIN_KEY}load{i}"}
+            f"{server.base}/v1/conversations/page?limit=1", headers={"Authorization": f"Bearer {ADMIN_KEY}load{i}"}
         )
         with urllib.request.urlopen(req, timeout=10) as r:
             counts.append(int(json.loads(r.read()).get("total", -1)))

@@ -80,6 +80,7 @@ def match_profiles(
     centroids: dict[int, NDArray[np.float32]], profiles: Sequence[VoiceProfile], threshold: float
 ) -> dict[int, tuple[VoiceProfile, float]]:
     """One-to-one matching of conversation speakers to voice profiles above ``threshold``."""
+    profiles = [p for p in profiles if p.embedding.size]  # a person named before their voice was heard
     if not centroids or not profiles:
         return {}
     from scipy.optimize import linear_sum_assignment

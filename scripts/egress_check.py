@@ -329,7 +329,7 @@ def pipeline(out: Path, summary: Summary, logs: Logs) -> None:
                 step(f"streamed the dialogue through /v4/listen: {len(streamed.segments)} segments came back")
 
                 listed = until(
-                    "a stored conversation", lambda: server.get("/v1/conversations/", uid=uid).json()["items"]
+                    "a stored conversation", lambda: server.get("/v1/conversations/page", uid=uid).json()["items"]
                 )
                 conversation = listed[0]["id"]
                 closed = server.post(f"/v1/conversations/{conversation}/close", uid=uid)

@@ -24,6 +24,7 @@ from app.http.http_audit import client_of
 from app.service.auth import AuthError, authenticate
 from app.service.connect_limits import RATE_LIMITED
 from app.service.live_session import LiveSession
+from app.service.onboarding import Onboarding
 from core.errors import DecodeError, IngestError, SpeechToTextError, StorageFullError, UnsupportedAudioError
 from ingest.decode import make_decoder
 
@@ -50,6 +51,7 @@ class ListenParams:
     codec: str
     conversation_timeout: int | None
     source: str
+    onboarding: bool = False  # ``onboarding=enabled``: the app's voice onboarding (app.service.onboarding)
 
     @classmethod
     def parse(cls, query: dict[str, str]) -> ListenParams:
@@ -72,6 +74,7 @@ class ListenParams:
             codec=query.get("codec", "pcm8") or "pcm8",
             conversation_timeout=integer("conversation_timeout", None),
             source=query.get("source") or "omi",
+            onboarding=query.get("onboarding") == "enabled",
         )
 
 
@@ -203,6 +206,11 @@ async def _stream(session: _Session, services: Services, uid: str) -> None:
 
     await session.send_json({"type": "service_status", "status": "initiating", "status_text": "Service Starting"})
     timeout_s = services.conversation_timeout(params.conversation_timeout)
+    onboarding = (
+        Onboarding(uid, session.send_json, services.storage.settings, lambda: _current_id(services, uid))
+        if params.onboarding
+        else None
+    )
     live = LiveSession(
         services,
         uid,
@@ -212,6 +220,8 @@ async def _stream(session: _Session, services: Services, uid: str) -> None:
         timeout_s=timeout_s,
         send=session.send_json,
         on_storage_full=lambda exc: _storage_full(session, exc),
+        wearer_only=onboarding is not None,
+        on_final=onboarding.heard if onboarding is not None else None,
     )
     try:
         resumed = await live.open()
@@ -235,8 +245,10 @@ async def _stream(session: _Session, services: Services, uid: str) -> None:
         " (resumed conversation)" if resumed else "",
     )
     await session.send_json({"type": "service_status", "status": "ready", "status_text": None})
+    if onboarding is not None:
+        await onboarding.start()
 
-    reader = asyncio.create_task(_read(session, live, services))
+    reader = asyncio.create_task(_read(session, live, services, onboarding))
     keeper = asyncio.create_task(_keepalive(session, services))
     failed = asyncio.create_task(live.stt_failed.wait())
     try:
@@ -267,7 +279,12 @@ async def _stt_failed(session: _Session, exc: SpeechToTextError) -> None:
     await session.close(INTERNAL_ERROR, exc.detail[:120])
 
 
-async def _read(session: _Session, live: LiveSession, services: Services) -> None:
+async def _current_id(services: Services, uid: str) -> str | None:
+    current = await services.conversations.current(uid)
+    return current.id if current else None
+
+
+async def _read(session: _Session, live: LiveSession, services: Services, onboarding: Onboarding | None) -> None:
     metrics = services.metrics
     limit = services.settings.stream.max_frame_bytes
     bad_frames = 0
@@ -304,11 +321,11 @@ async def _read(session: _Session, live: LiveSession, services: Services) -> Non
                     log.warning("skipped %d undecodable %s frame(s)", bad_frames, live.decoder.codec)
             continue
         if isinstance(text, str):
-            await _handle_text(text, live, services)
+            await _handle_text(text, live, services, onboarding)
 
 
-async def _handle_text(text: str, live: LiveSession, services: Services) -> None:
-    """JSON text frames: ``speaker_assigned`` is acted on; other types are counted and ignored."""
+async def _handle_text(text: str, live: LiveSession, services: Services, onboarding: Onboarding | None) -> None:
+    """JSON text frames: ``speaker_assigned``, and ``skip_question`` in onboarding; others are counted, ignored."""
     try:
         payload = json.loads(text)
     except ValueError:
@@ -319,6 +336,9 @@ async def _handle_text(text: str, live: LiveSession, services: Services) -> None
             await _speaker_assigned(payload, live, services)
         except Exception:
             log.exception("could not apply a speaker_assigned frame")
+        return
+    if kind == "skip_question" and onboarding is not None:
+        await onboarding.skip()
         return
     services.metrics.inc("text_frames_ignored_total")
     log.debug("ignored a text frame of type %r", kind)

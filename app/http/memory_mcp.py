@@ -26,6 +26,7 @@ from app.service.auth import AuthError
 from core.errors import NotFoundError
 from core.segments import speaker_of
 from memory.letta.passage_groups import summary_line
+from memory.store.conversation_query import ConversationQuery
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Receive, Scope, Send
@@ -234,7 +235,9 @@ class MemoryMcp:
             """
             with self._call(ctx, "list_conversations") as call:
                 start, end = _epoch(since, "since"), _epoch(until, "until")
-                page, _ = await services().storage.store.page(call.uid, limit=200, offset=0)
+                page, _ = await services().storage.store.page(
+                    call.uid, limit=200, offset=0, query=ConversationQuery(until=end), count=False
+                )
             found = [
                 c
                 for c in page

@@ -12,20 +12,25 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 
 from app import __version__
+from app.http.app_chat import AppChatController
 from app.http.body_limits import limit_body
 from app.http.chat_routes import ChatController
+from app.http.conversation_edits import ConversationEditController
 from app.http.conversation_routes import ConversationController
 from app.http.deps import provide_services, provide_uid
 from app.http.http_audit import audit_response
 from app.http.http_errors import conflict, memory_unavailable, not_found, storage_full, too_large
 from app.http.listen import listen
+from app.http.memories_routes import MemoriesController
 from app.http.memory_mcp import MemoryMcp
 from app.http.memory_routes import EmbeddingsController, MemoryController
 from app.http.page import API_DOCS, api_docs, page, page_asset
+from app.http.people_routes import PeopleController, SpeechProfileController
 from app.http.security import cors_config, security_headers
 from app.http.speaker_routes import SpeakerController
 from app.http.status_routes import erase_my_data, health, live, metrics
 from app.http.sync_routes import sync_routes
+from app.http.user_routes import UserController
 from app.http.webhooks import OmiWebhookController
 from app.service.services import Services, check_can_serve
 from app.settings import Settings, get_settings
@@ -101,7 +106,13 @@ def create_app(
             live,
             erase_my_data,
             ConversationController,
+            ConversationEditController,
             SpeakerController,
+            SpeechProfileController,
+            PeopleController,
+            UserController,
+            AppChatController,
+            MemoriesController,
             MemoryController,
             EmbeddingsController,
             ChatController,

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from ingest.diarize.embedded import EmbeddedDiarizer
 
 
-__all__ = ["SpeakerController", "bad_form_text"]
+__all__ = ["SpeakerController", "bad_form_text", "embed_upload"]
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def _valid_name(name: str) -> str:
         raise ValidationException(detail=str(exc)) from exc
 
 
-def _embed_upload(content: bytes, suffix: str, voices: EmbeddedDiarizer) -> tuple[NDArray[np.float32], float]:
+def embed_upload(content: bytes, suffix: str, voices: EmbeddedDiarizer) -> tuple[NDArray[np.float32], float]:
     """Decode an uploaded recording and embed its speech (blocking)."""
     from ingest.diarize.enroll import load_enrollment_audio, voice_embedding
 
@@ -147,7 +147,7 @@ class SpeakerController(Controller):
         suffix = "".join(re.findall(r"[A-Za-z0-9]", Path(filename).suffix))[:8]
         try:
             embedding, seconds = await asyncio.to_thread(
-                _embed_upload, content, f".{suffix}" if suffix else "", services.pipeline.voices
+                embed_upload, content, f".{suffix}" if suffix else "", services.pipeline.voices
             )
         except DecodeError as exc:
             raise ValidationException(

@@ -29,6 +29,7 @@ from app.service.live_hub import LiveEvent
 from app.service.pipeline import vad_params
 from core.errors import SpeechToTextError, StorageFullError
 from core.segments import AbsoluteSegment
+from ingest.diarize.tracker import Identity
 from ingest.identity import identity_fields, name_speaker
 from ingest.relay import RelayStream
 from ingest.stream import LiveStream
@@ -37,7 +38,6 @@ if TYPE_CHECKING:
     from app.service.services import Services
     from core.conversation import Conversation
     from ingest.decode import FrameDecoder
-    from ingest.diarize.tracker import Identity
 
 __all__ = ["LiveSession", "Send"]
 
@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 Send = Callable[[Any], Awaitable[None]]
 """Sends one OMI event (a JSON-ready value) to the device."""
 
+WEARER = Identity(person_id=None, name="me", is_user=True)
 LEASE_WAIT_S = 10.0  # how long a new stream waits for the worker that held the user's stream before
 
 
@@ -59,6 +60,9 @@ class LiveSession:
         send: where the device's events go (segments, speaker suggestions, conversation events);
             None for a device that is not listening (a webhook).
         on_storage_full: told, once per failure, that segments could not be stored for a full disk.
+        wearer_only: every speaker is the wearer (the app's onboarding); their voice goes into the
+            wearer's profile when the session closes.
+        on_final: told of each batch of final segments once they are stored.
     """
 
     def __init__(
@@ -72,6 +76,8 @@ class LiveSession:
         timeout_s: int,
         send: Send | None = None,
         on_storage_full: Callable[[StorageFullError], Awaitable[None]] | None = None,
+        wearer_only: bool = False,
+        on_final: Callable[[list[AbsoluteSegment]], Awaitable[None]] | None = None,
     ) -> None:
         self.services = services
         self.uid = uid
@@ -81,6 +87,9 @@ class LiveSession:
         self.timeout_s = timeout_s
         self.send = send
         self.on_storage_full = on_storage_full
+        self.wearer_only = wearer_only
+        self.on_final = on_final
+        self._wearer_speakers: set[int] = set()  # wearer_only: the session speakers heard
         self.stt_failed = asyncio.Event()  # the speech-to-text service refused the stream for good
         self.stt_error: SpeechToTextError | None = None
         self.stream: LiveStream | RelayStream | None = None
@@ -150,11 +159,24 @@ class LiveSession:
             await asyncio.gather(self._holder, return_exceptions=True)
         try:
             if self.stream is not None:
-                await self.stream.finish()
+                async with self.services.conversations.flushing(self.uid):
+                    await self.stream.finish()
+            await self._learn_wearer()
         finally:
             if self._unsubscribe is not None:
                 self._unsubscribe()
             await self._let_go()
+
+    async def _learn_wearer(self) -> None:
+        """``wearer_only``: the voices heard go into the wearer's profile, as a ``speaker_assigned`` would."""
+        live = self.services.pipeline.live_speakers
+        if live is None:
+            return
+        for speaker_id in sorted(self._wearer_speakers):
+            try:
+                await live.assign(self.uid, speaker_id, person_id="user", person_name="")
+            except Exception as exc:
+                log.warning("could not learn the wearer's voice (%s)", type(exc).__name__)
 
     def _make_stream(self, origin_floor: float) -> LiveStream | RelayStream:
         services = self.services
@@ -254,7 +276,10 @@ class LiveSession:
         live = services.pipeline.live_speakers
         conversations = services.conversations
         found: list[tuple[int, Identity]] = []
-        if final and live is not None:
+        if self.wearer_only:
+            self._wearer_speakers.update(s.speaker_id for s in segments)
+            segments = [_with_identity(s, WEARER) for s in segments]
+        elif final and live is not None:
             found = await live.recognise(uid, {s.speaker_id for s in segments})
             if found:
                 segments = [_with_identity(s, live.tracker(uid).identity(s.speaker_id)) for s in segments]
@@ -279,6 +304,8 @@ class LiveSession:
             services.live.publish(uid, LiveEvent("segments", payload))
         for speaker_id, identity in found:
             await self._announce(speaker_id, identity, segments)
+        if final and self.on_final is not None:
+            await self.on_final(segments)
 
     async def _announce(self, speaker_id: int, identity: Identity, segments: list[AbsoluteSegment]) -> None:
         """``speaker_label_suggestion`` for a voice match, and the speaker's earlier segments relabelled."""

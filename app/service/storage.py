@@ -9,7 +9,9 @@ from app.settings import Settings
 from memory.store.audit_log import AuditLog
 from memory.store.conversation_store import ConversationStore
 from memory.store.day_summaries import DaySummaryStore
+from memory.store.facts import FactStore
 from memory.store.tokens import TokenStore
+from memory.store.user_settings import UserSettingsStore
 from memory.store.voice_profiles import SpeakerStore
 
 __all__ = ["Storage"]
@@ -24,6 +26,8 @@ class Storage:
     tokens: TokenStore  # per-user API tokens
     summaries: DaySummaryStore  # the OMI cloud's day summaries
     audit: AuditLog  # who read, searched, changed or deleted what (written in batches)
+    settings: UserSettingsStore  # what the OMI app set: language, onboarding, where the chat view starts
+    facts: FactStore  # facts about the user (the app's "memories"), changes queued for the agent's block
 
     @classmethod
     async def open(cls, settings: Settings, *, queue: bool) -> Storage:
@@ -44,6 +48,8 @@ class Storage:
             TokenStore(engine),
             DaySummaryStore(engine),
             audit,
+            UserSettingsStore(engine),
+            FactStore(engine, sinks=store.sinks),
         )
 
     async def close(self) -> None:

@@ -53,7 +53,7 @@ class IndexSink(Sink):
         wanted: dict[str, set[str]] = {}  # conversation id -> turn ids to refresh
         states: dict[str, Conversation | None] = {}
         for record, conversation, _ in items:
-            if record.action == "closed":
+            if record.action in ("closed", "facts"):  # facts are for the agent's block only
                 continue
             states[record.conversation_id] = None if record.action == "deleted" else conversation
             wanted.setdefault(record.conversation_id, set()).update(record.turn_ids)

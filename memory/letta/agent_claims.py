@@ -5,7 +5,8 @@ it at once would both find none and both create one. So a worker that found none
 the user's claim row. The primary key lets one insert succeed: that worker looks in Letta once
 more (another may have finished meanwhile) and creates the agent, then writes its id into the
 row. The others see the row and wait for the id. A claim whose owner never wrote an id (it
-died, or its create request was lost) is taken over once it is older than ``stale_s``; a row
+died, or its create request was lost) is taken over once it is older than ``stale_s``, or at once
+when its owner was a process of this host that is gone (a worker killed and restarted); a row
 whose agent Letta no longer lists (deleted, or another Letta server) is taken over at once.
 
 It works alike on SQLite and PostgreSQL, so it needs no Redis.
@@ -13,6 +14,9 @@ It works alike on SQLite and PostgreSQL, so it needs no Redis.
 
 from __future__ import annotations
 
+import os
+import re
+import socket
 import time
 
 import msgspec
@@ -22,7 +26,30 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from memory.store.models import AgentClaimRow
 
-__all__ = ["AgentClaim", "AgentClaims"]
+__all__ = ["AgentClaim", "AgentClaims", "owner_gone"]
+
+# The end of an owner's name, as ``memory.redis_state.worker_id`` writes it: host, pid, a random suffix.
+_OWNER = re.compile(r"(?:^|:)(?P<host>[^:]+)-(?P<pid>\d+)-[0-9a-f]{6}$")
+
+
+def owner_gone(owner: str) -> bool:
+    """Whether ``owner`` was a process of this host that no longer runs (its claim can be taken over now).
+
+    False when it cannot be told: another host, a name of another shape, or a pid that runs again.
+    """
+    match = _OWNER.search(owner)
+    if match is None or match["host"] != socket.gethostname():
+        return False
+    pid = int(match["pid"])
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 class AgentClaim(msgspec.Struct, frozen=True, kw_only=True):

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from letta_client import AsyncLetta
 
 from core.errors import DeliveryError
+from memory.letta.agent_claims import owner_gone
 from memory.letta.letta_client import letta_errors, open_client, unsent
 from memory.letta.letta_tool import SECRET_TOKEN, SECRET_URL, SOURCE
 from memory.letta.passage_groups import recent_block
@@ -281,12 +282,13 @@ class AgentRegistry:
                 continue
             if held.owner == claims.owner:  # ours, from an attempt that failed
                 break
-            if held.agent_id is not None or time.time() - held.claimed_at > self.claim_stale_s:
+            stale = time.time() - held.claimed_at > self.claim_stale_s or owner_gone(held.owner)
+            if held.agent_id is not None or stale:
                 found = await self.tagged(uid)
                 if found:
                     return await self._choose(uid, found), False
                 if held.agent_id is None:
-                    log.warning("worker %s claimed uid %s's agent long ago and made none; taking over", held.owner, uid)
+                    log.warning("worker %s claimed uid %s's agent and made none; taking over", held.owner, uid)
                 if await claims.take_over(held):
                     break
                 continue

@@ -23,7 +23,11 @@ from core.errors import ConflictError, DeliveryError
 if TYPE_CHECKING:
     from memory.letta.agents import AgentRegistry
 
-__all__ = ["AgentChat", "ChatBusyError", "ChatEvent", "ChatUnavailableError"]
+__all__ = ["NOTE_PREFIX", "AgentChat", "ChatBusyError", "ChatEvent", "ChatLine", "ChatUnavailableError"]
+
+NOTE_PREFIX = "[automated note from omi-letta]"
+"""How the service's own messages to an agent begin (a conversation ended, ...); they are not the user's."""
+HISTORY_PAGE = 100
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +47,57 @@ class ChatEvent:
 
     event: str
     data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ChatLine:
+    """One message of the chat between a user and their agent: ``sender`` is ``human`` or ``ai``."""
+
+    id: str
+    created_at: float  # epoch seconds
+    text: str
+    sender: str
+
+
+def _content_text(content: Any) -> str:
+    text = content if isinstance(content, str) else "".join(getattr(c, "text", "") or "" for c in content or [])
+    if text.startswith("{"):  # older agents wrap what the user said: {"type": "user_message", "message": ...}
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            wrapped = json.loads(text)
+            if isinstance(wrapped, dict) and isinstance(wrapped.get("message"), str):
+                return str(wrapped["message"])
+    return text
+
+
+def chat_lines(messages: list[Any], since: float | None = None) -> list[ChatLine]:
+    """The user's and the agent's messages of a Letta message history (oldest first), from ``since`` on.
+
+    The service's own notes, and the agent's replies to them, are left out: they are not the chat.
+    """
+    notes: set[str] = set()
+    lines: list[ChatLine] = []
+    noted = False  # the last user-side message was a note (for messages without a run id)
+    for message in messages:
+        kind = getattr(message, "message_type", None)
+        if kind not in ("user_message", "assistant_message"):
+            continue
+        text = _content_text(message.content)
+        run = getattr(message, "run_id", None)
+        if kind == "user_message":
+            noted = text.startswith(NOTE_PREFIX)
+            if noted:
+                if run:
+                    notes.add(run)
+                continue
+        elif (run in notes) if run else noted:
+            continue
+        when = message.date.timestamp()
+        if not text.strip() or (since is not None and when <= since):
+            continue
+        lines.append(
+            ChatLine(id=message.id, created_at=when, text=text, sender="human" if kind == "user_message" else "ai")
+        )
+    return lines
 
 
 def _unavailable(exc: APIError) -> ChatUnavailableError:
@@ -66,7 +121,7 @@ def to_event(item: Any) -> ChatEvent | None:
     if kind == "assistant_message":
         content = item.content
         text = content if isinstance(content, str) else "".join(getattr(c, "text", "") or "" for c in content)
-        return ChatEvent("assistant", {"text": text}) if text else None
+        return ChatEvent("assistant", {"text": text, "id": getattr(item, "id", None)}) if text else None
     if kind == "reasoning_message":
         return ChatEvent("reasoning", {"text": item.reasoning or ""}) if item.reasoning else None
     if kind in ("tool_call_message", "approval_request_message"):
@@ -129,6 +184,21 @@ class AgentChat:
             lock.release()
             raise
         return self._events(stream, lock)
+
+    async def history(self, uid: str, *, since: float | None = None, limit: int = HISTORY_PAGE) -> list[ChatLine]:
+        """The last ``limit`` messages of the user's chat with their agent, oldest first, from ``since`` on.
+
+        Raises:
+            ChatUnavailableError: the agent or the Letta server cannot be reached.
+        """
+        try:
+            agent = await self.agents.agent_for(uid)
+            page = await self.agents.client.agents.messages.list(agent, limit=4 * limit, order="desc")
+        except DeliveryError as exc:
+            raise ChatUnavailableError(exc.detail) from exc
+        except APIError as exc:
+            raise _unavailable(exc) from exc
+        return chat_lines(list(reversed(page.items)), since)[-limit:]
 
     async def _events(self, stream: Any, lock: asyncio.Lock) -> AsyncGenerator[ChatEvent, None]:
         done = False

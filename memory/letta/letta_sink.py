@@ -1,9 +1,10 @@
-"""The Letta sink: each user's turns as archival passages of their agent, and a recent-conversations block.
+"""The Letta sink: each user's turns as archival passages of their agent, and its memory blocks.
 
 It composes the three parts of a Letta agent it writes: the agent itself
 (:class:`~memory.letta.agents.AgentRegistry`, shared with chat), its archival memory
-(:class:`~memory.letta.archival.ArchivalMemory`) and its core memory block
-(:class:`~memory.letta.blocks.RecentConversations`). Writes to one agent are serialized.
+(:class:`~memory.letta.archival.ArchivalMemory`) and its core memory blocks
+(:class:`~memory.letta.blocks.RecentConversations`: recent conversations, facts about the user).
+Writes to one agent are serialized.
 """
 
 from __future__ import annotations
@@ -107,9 +108,12 @@ class LettaSink(Sink):
         states: dict[str, Conversation | None] = {}  # conversations to sync, as stored now
         deleted: list[str] = []
         closed: list[Conversation] = []
+        facts = False
         for record, conversation, _ in items:
             cid = record.conversation_id
-            if record.action == "deleted":
+            if record.action == "facts":
+                facts = True
+            elif record.action == "deleted":
                 deleted.append(cid)
                 states[cid] = None
             elif record.action == "turns" and cid not in deleted:
@@ -125,6 +129,8 @@ class LettaSink(Sink):
                 await self.archive.sweep(agent, cid)
             if closed or deleted:
                 await self.blocks.refresh_recent(agent, uid)
+            if facts:
+                await self.blocks.refresh_facts(agent, uid)
             if self.notify_on_close:
                 for conversation in closed:
                     await self._notify(agent, uid, conversation)

@@ -17,6 +17,7 @@ from sqlalchemy.orm import lazyload
 from core.conversation import Conversation
 from core.errors import ConflictError, NotFoundError, StorageFullError, is_disk_full
 from core.segments import TranscriptSegment
+from memory.store.conversation_query import ConversationQuery
 from memory.store.migrate import upgrade
 from memory.store.models import ConversationRow, SegmentRow
 from memory.store.outbox import enqueue
@@ -60,6 +61,7 @@ def _from_row(row: ConversationRow, *, with_segments: bool = True) -> Conversati
         segments=[_segment_from_row(s) for s in row.segments] if with_segments else [],
         structured=row.structured,
         external_id=row.external_id,
+        starred=bool(row.starred),
     )
 
 
@@ -260,20 +262,45 @@ class ConversationStore:
             row = await _owned(session, uid, conversation_id)
             return _from_row(row)
 
-    async def page(self, uid: str, *, limit: int, offset: int) -> tuple[list[Conversation], int]:
-        """The user's conversations, newest first, with the total count."""
+    async def page(
+        self, uid: str, *, limit: int, offset: int, query: ConversationQuery | None = None, count: bool = True
+    ) -> tuple[list[Conversation], int | None]:
+        """The user's conversations that pass ``query``, newest first, and their count (None unless ``count``)."""
+        query = query or ConversationQuery()
         async with self._session() as session:
-            total = await session.scalar(
-                select(func.count()).select_from(ConversationRow).where(ConversationRow.uid == uid)
+            total = (
+                await session.scalar(query.where(uid, select(func.count()).select_from(ConversationRow)))
+                if count
+                else None
             )
-            result = await session.execute(
-                select(ConversationRow)
-                .where(ConversationRow.uid == uid)
-                .order_by(ConversationRow.started_at.desc(), ConversationRow.created_at.desc())
-                .limit(limit)
-                .offset(offset)
-            )
-            return [_from_row(r) for r in result.scalars().all()], int(total or 0)
+            result = await session.execute(query.rows(uid, limit=limit, offset=offset))
+            return [_from_row(r) for r in result.scalars().all()], None if total is None else int(total)
+
+    async def set_flags(
+        self, uid: str, conversation_id: str, *, title: str | None = None, starred: bool | None = None
+    ) -> Conversation:
+        """Give a conversation a title (its summary's, re-delivered to the sinks) or a star.
+
+        Raises:
+            NotFoundError: no such conversation for ``uid``.
+        """
+        async with self._session() as session, session.begin():
+            row = await _owned(session, uid, conversation_id)
+            if starred is not None:
+                row.starred = starred
+            if title is not None and title != (row.structured or {}).get("title"):
+                row.structured = {**(row.structured or {}), "title": title}
+                turn_ids = [s.id for s in row.segments]
+                enqueue(session, uid=uid, sinks=self.sinks, action="turns", conversation_id=row.id, turn_ids=turn_ids)
+                if row.status == "completed":
+                    enqueue(session, uid=uid, sinks=self.sinks, action="closed", conversation_id=row.id)
+                changed = True
+            else:
+                changed = False
+            conversation = _from_row(row)
+        if changed:
+            self._queued()
+        return conversation
 
     async def recent(self, uid: str, limit: int) -> list[Conversation]:
         """The user's ``limit`` most recently finished completed conversations, newest first."""

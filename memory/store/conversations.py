@@ -8,10 +8,11 @@ finalized segment is committed to the database before anyone is told about it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -72,6 +73,7 @@ class ConversationManager:
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._current: dict[str, Conversation] = {}
         self._listeners: defaultdict[str, set[Listener]] = defaultdict(set)
+        self._flushing: defaultdict[str, set[asyncio.Future[None]]] = defaultdict(set)
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -271,6 +273,32 @@ class ConversationManager:
             rel = [self._to_segment(s, started_at) for s in partial]
             return combine_segments([], rel)[1]
         return combine_segments(current.segments, self._relative(current, partial))[1]
+
+    @contextlib.asynccontextmanager
+    async def flushing(self, uid: str) -> AsyncIterator[None]:
+        """Mark a stream of ``uid``'s that ended as still storing its last words (see :meth:`finish`)."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._flushing[uid].add(done)
+        try:
+            yield
+        finally:
+            self._flushing[uid].discard(done)
+            if not self._flushing[uid]:
+                del self._flushing[uid]
+            done.set_result(None)
+
+    async def finish(self, uid: str, *, wait_s: float) -> Conversation | None:
+        """Close the user's in-progress conversation now, as the OMI app's "process now" asks.
+
+        Streams of the user's that just ended may still be storing their last words: they are waited
+        for, up to ``wait_s``. Returns the closed conversation, or None when none was in progress
+        (or it held no speech).
+        """
+        pending = list(self._flushing.get(uid, ()))
+        if pending:
+            await asyncio.wait(pending, timeout=wait_s)
+        current = await self.current(uid)
+        return await self.close(uid, current.id) if current is not None else None
 
     async def close(self, uid: str, conversation_id: str) -> Conversation | None:
         """Close a conversation now; returns it, or None if it was empty (and deleted)."""

@@ -26,6 +26,7 @@ __all__ = [
     "SegmentRow",
     "SpeakerProfileRow",
     "SyncJobRow",
+    "UserSettingsRow",
 ]
 
 
@@ -56,6 +57,7 @@ class ConversationRow(Base):
     discarded: Mapped[bool] = mapped_column(Boolean, default=False)
     structured: Mapped[dict[str, Any] | None] = mapped_column(EncryptedJSON("conversations.structured"), nullable=True)
     external_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    starred: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
 
     segments: Mapped[list[SegmentRow]] = relationship(
         back_populates="conversation",
@@ -67,6 +69,7 @@ class ConversationRow(Base):
     __table_args__ = (
         Index("ix_conversations_uid_status", "uid", "status"),
         Index("ix_conversations_uid_external_id", "uid", "external_id"),
+        Index("ix_conversations_uid_started_at", "uid", "started_at"),
     )
 
 
@@ -296,3 +299,44 @@ class SyncJobRow(Base):
         Index("ix_sync_jobs_uid_content", "uid", "content_id", unique=True),
         Index("ix_sync_jobs_status", "status"),
     )
+
+
+class UserSettingsRow(Base):
+    """What the OMI app asks about a user at start-up (language, onboarding), and where their chat view starts.
+
+    ``chat_cleared_at`` hides the agent's messages before it from ``GET /v2/messages`` (the app's
+    "clear chat"); the agent itself remembers them. None everywhere until the app sets it.
+    """
+
+    __tablename__ = "user_settings"
+
+    uid: Mapped[str] = mapped_column(String(128), primary_key=True)
+    language: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    onboarding_completed: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    acquisition_source: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    time_zone: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    chat_cleared_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class FactRow(Base):
+    """A fact about the user (OMI's "memories"): said in a conversation, or written by the user in the app.
+
+    ``content`` is encrypted. ``superseded_by`` names the fact that replaced this one (a newer
+    statement of the same thing); a superseded fact is kept but no longer listed or given to the agent.
+    """
+
+    __tablename__ = "facts"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    uid: Mapped[str] = mapped_column(String(128))
+    content: Mapped[str] = mapped_column(EncryptedText("facts.content"))
+    category: Mapped[str] = mapped_column(String(32), default="other")
+    conversation_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    manually_added: Mapped[bool] = mapped_column(Boolean, default=False)
+    edited: Mapped[bool] = mapped_column(Boolean, default=False)
+    superseded_by: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (Index("ix_facts_uid_created_at", "uid", "created_at"),)

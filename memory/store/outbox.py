@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ACTIONS", "Outbox", "OutboxRecord", "RetryPolicy", "enqueue"]
 
-ACTIONS = ("turns", "closed", "deleted")
+ACTIONS = ("turns", "closed", "deleted", "facts")
 """``turns``: these turns are new or changed; ``closed``: the conversation ended; ``deleted``: it is gone."""
 
 

@@ -73,7 +73,9 @@ def _unit(embedding: NDArray[np.float32] | tuple[float, ...]) -> NDArray[np.floa
 def _blend(
     old: NDArray[np.float32], old_weight: float, new: NDArray[np.float32], new_weight: float
 ) -> NDArray[np.float32]:
-    """The weighted mean of two unit vectors, re-normalised."""
+    """The weighted mean of two unit vectors, re-normalised (``new`` alone when there was no voice)."""
+    if old.shape != new.shape or old_weight <= 0:
+        return new
     mean = old * max(old_weight, 0.0) + new * max(new_weight, 1e-6)
     norm = float(np.linalg.norm(mean))
     return (mean / norm).astype(np.float32) if norm > 1e-6 else new
@@ -86,7 +88,8 @@ def _check_seconds(seconds: float) -> float:
 
 
 class SpeakerProfile(msgspec.Struct, kw_only=True):
-    """A stored voice profile (times in epoch seconds)."""
+    """A stored voice profile (times in epoch seconds). A person named in the OMI app before their
+    voice was heard has one with no speech (``seconds`` 0, an empty embedding), never matched."""
 
     id: str
     uid: str
@@ -107,6 +110,11 @@ class SpeakerProfile(msgspec.Struct, kw_only=True):
             "created_at": iso(self.created_at),
             "updated_at": iso(self.updated_at),
         }
+
+    @property
+    def has_voice(self) -> bool:
+        """Whether any speech went into it (only then can voices be matched with it)."""
+        return self.seconds > 0 and self.embedding.size > 0
 
 
 def _embedding(row: SpeakerProfileRow) -> NDArray[np.float32]:
@@ -210,6 +218,33 @@ class SpeakerStore:
 
         return await self._write(work)
 
+    async def add_person(self, uid: str, name: str) -> SpeakerProfile:
+        """The profile called ``name`` (compared without case), made without a voice if there is none.
+
+        Raises:
+            ValueError: a bad name.
+        """
+        label = clean_name(name)
+
+        async def work(session: AsyncSession) -> SpeakerProfile:
+            found = next((r for r in await self._rows(session, uid) if _same_name(r.name, label)), None)
+            if found is None:
+                now = time.time()
+                found = SpeakerProfileRow(
+                    id=str(uuid.uuid4()),
+                    uid=uid,
+                    name=label,
+                    is_user=False,
+                    embedding=b"",
+                    seconds=0.0,
+                    created_at=now,
+                    updated_at=now,
+                )
+                session.add(found)
+            return _from_row(found)
+
+        return await self._write(work)
+
     async def list(self, uid: str) -> builtins.list[SpeakerProfile]:
         """The user's profiles: the wearer's first, then by name."""
         async with self._sessions() as session:
@@ -293,7 +328,7 @@ class SpeakerStore:
     ) -> tuple[SpeakerProfile, float] | None:
         """The user's profile most similar to ``embedding`` and its cosine similarity, if at least ``threshold``."""
         vector = _unit(embedding)
-        profiles = await self.list(uid)
+        profiles = [p for p in await self.list(uid) if p.has_voice]
         if not profiles:
             return None
         similarities = np.stack([p.embedding for p in profiles]) @ vector  # (n_profiles,)

@@ -53,5 +53,5 @@ def test_synthesized_multi_voice_conversation(server: ServerProcess, tmp_path: P
     # Segment times are relative to the conversation start and follow the audio.
     assert segments[0]["start"] <= 1.0
     assert abs(segments[-1]["end"] - (truth[-1].end - truth[0].start)) <= 1.5
-    stored = server.get("/v1/conversations", uid="espeak").json()["items"][0]
+    stored = server.get("/v1/conversations/page", uid="espeak").json()["items"][0]
     assert [s["id"] for s in stored["transcript_segments"]] == [s["id"] for s in segments]

@@ -71,7 +71,7 @@ async def test_every_access_is_recorded_in_order_with_nothing_that_was_said(audi
     key = api_token(server, UID)
     memory = copy.deepcopy(MEMORY)
     assert post_hook(server, "memory-created", key, f"uid={UID}", body=memory).status_code == 200
-    [listed] = server.get("/v1/conversations", uid=UID).json()["items"]
+    [listed] = server.get("/v1/conversations/page", uid=UID).json()["items"]
     cid = listed["id"]
     assert server.get(f"/v1/conversations/{cid}", uid=UID).status_code == 200
     assert server.get("/v1/memory/search", uid=UID, params={"q": SEARCHED}).status_code == 200
@@ -99,7 +99,7 @@ async def test_every_access_is_recorded_in_order_with_nothing_that_was_said(audi
     conversation = "/v1/conversations/{conversation_id}"
     expected = [
         (UID, "change", None, "POST /v1/integrations/omi/memory-created", "127.0.0.1", 200),
-        (UID, "list", None, "GET /v1/conversations", "127.0.0.1", 200),
+        (UID, "list", None, "GET /v1/conversations/page", "127.0.0.1", 200),
         (UID, "read", cid, f"GET {conversation}", "127.0.0.1", 200),
         (UID, "search", None, "GET /v1/memory/search", "127.0.0.1", 200),
         (UID, "change", cid, f"PATCH {conversation}/speakers", "127.0.0.1", 200),

@@ -61,7 +61,7 @@ def stored(server: ServerProcess, uid: str) -> dict[str, dict[str, Any]]:
     """Every conversation of ``uid`` with its segments, by id."""
     found: dict[str, dict[str, Any]] = {}
     for offset in itertools.count(0, 200):
-        page = server.get("/v1/conversations", uid=uid, params={"limit": 200, "offset": offset})
+        page = server.get("/v1/conversations/page", uid=uid, params={"limit": 200, "offset": offset})
         assert page.status_code == 200, page.text
         items = page.json()["items"]
         found.update((c["id"], c) for c in items)

@@ -57,7 +57,7 @@ def test_ingest_every_file_format_to_json(encoded: dict[str, Path], dialogue: tu
     # They are stored: a server over the same DATA_DIR lists them for that uid.
     server = ServerProcess(tmp_path / "data").start()
     try:
-        listed = server.get("/v1/conversations", uid="batch").json()
+        listed = server.get("/v1/conversations/page", uid="batch").json()
         assert {c["id"] for c in listed["items"]} == {c["id"] for c in conversations}
         assert all(c["status"] == "completed" for c in listed["items"])
     finally:

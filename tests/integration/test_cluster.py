@@ -163,7 +163,7 @@ async def stream(url: str, uid: str, wav: Path, *, abort: bool = False, speed: f
 
 
 def only_conversation(worker: ServerProcess, uid: str) -> dict[str, Any]:
-    items = worker.get("/v1/conversations/", uid=uid).json()["items"]
+    items = worker.get("/v1/conversations/page", uid=uid).json()["items"]
     assert len(items) == 1, f"one conversation, not {len(items)}"
     return dict(items[0])
 
@@ -314,7 +314,7 @@ async def test_a_delivery_worker_killed_with_work_in_hand_leaves_it_to_the_other
     try:
         await asyncio.sleep(CONNECT_INTERVAL_S + 0.2)
         await stream(cluster.workers["b"].ws, uid, halves[1])
-        [listed] = a.get("/v1/conversations/", uid=uid).json()["items"]
+        [listed] = a.get("/v1/conversations/page", uid=uid).json()["items"]
         assert a.post(f"/v1/conversations/{listed['id']}/close", uid=uid).status_code == 200
         deadline = time.monotonic() + 30
         holder: Any = None

@@ -13,7 +13,7 @@ from tests.support import ServerProcess, Turn, token, wer
 
 
 def _only_conversation(server: ServerProcess, uid: str) -> dict:
-    body = server.get("/v1/conversations", uid=uid).json()
+    body = server.get("/v1/conversations/page", uid=uid).json()
     assert body["total"] == 1, body
     return body["items"][0]
 
@@ -120,7 +120,7 @@ async def test_http_api_is_scoped_to_the_caller(server: ServerProcess, dialogue:
     conversation = _only_conversation(server, "owner")
     cid = conversation["id"]
     assert server.get(f"/v1/conversations/{cid}", uid="stranger").status_code == 404
-    assert server.get("/v1/conversations", uid="stranger").json()["total"] == 0
+    assert server.get("/v1/conversations/page", uid="stranger").json()["total"] == 0
     assert server.delete(f"/v1/conversations/{cid}", uid="stranger").status_code == 404
     assert server.post(f"/v1/conversations/{cid}/close", uid="stranger").status_code == 404
     one = server.get(f"/v1/conversations/{cid}", uid="owner").json()
@@ -134,11 +134,11 @@ async def test_conversations_list_newest_first_in_pages(server: ServerProcess, d
     ids = []
     for _ in range(3):
         await simulate(path, server.ws, token=token("pages"), speed=4, settle_s=1.0)
-        current = server.get("/v1/conversations", uid="pages").json()["items"][0]
+        current = server.get("/v1/conversations/page", uid="pages").json()["items"][0]
         closed = server.post(f"/v1/conversations/{current['id']}/close", uid="pages").json()
         ids.append(closed["id"])
-    page1 = server.get("/v1/conversations", uid="pages", params={"limit": 2}).json()
-    page2 = server.get("/v1/conversations", uid="pages", params={"limit": 2, "offset": 2}).json()
+    page1 = server.get("/v1/conversations/page", uid="pages", params={"limit": 2}).json()
+    page2 = server.get("/v1/conversations/page", uid="pages", params={"limit": 2, "offset": 2}).json()
     assert page1["total"] == 3
     assert [c["id"] for c in page1["items"] + page2["items"]] == ids[::-1]
     assert server.get("/v1/conversations", uid="pages", params={"limit": 0}).status_code == 400

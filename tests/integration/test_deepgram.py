@@ -91,7 +91,7 @@ async def test_a_device_stream_is_transcribed_by_deepgram_with_its_speakers(
     assert await closed(conn)
     assert conn.audio_bytes == device_bytes(recording)  # every decoded sample, as linear16 at 16 kHz
 
-    stored = server.get("/v1/conversations", uid="dg-alice").json()["items"][0]["transcript_segments"]
+    stored = server.get("/v1/conversations/page", uid="dg-alice").json()["items"][0]["transcript_segments"]
     assert [(s["speaker"], s["text"]) for s in stored] == EXPECTED
 
 

@@ -109,7 +109,7 @@ def conversations(server: ServerProcess, uid: str, timeout_s: float = 60) -> lis
     """The user's conversations, once there is one (a loaded machine may still be transcribing)."""
     deadline = time.monotonic() + timeout_s
     while True:
-        items = list(server.get("/v1/conversations/", uid=uid).json()["items"])
+        items = list(server.get("/v1/conversations/page", uid=uid).json()["items"])
         if items or time.monotonic() > deadline:
             return items
         time.sleep(0.5)

@@ -142,7 +142,7 @@ def test_doctor_reports_a_users_second_agent_and_merge_agents_merges_it(tmp_path
         assert done.returncode == 0, done.stdout + done.stderr
         wait_drained(server)
         assert [a.id for a in client.agents.list(tags=[f"omi-uid:{uid}"], match_all_tags=True)] == [second.id]
-        [listed] = server.get("/v1/conversations/", uid=uid).json()["items"]
+        [listed] = server.get("/v1/conversations/page", uid=uid).json()["items"]
         stored = as_conversation(server.get(f"/v1/conversations/{listed['id']}", uid=uid).json(), uid)
         eventually_exactly_once(client, second.id, stored)  # the running service found the kept agent again
         notes = {p.text: p.tags for p in passages_of(client, second.id) if "note" in (p.tags or [])}

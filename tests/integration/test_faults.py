@@ -76,7 +76,7 @@ def _no_cloud(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 def stored(server: ServerProcess, uid: str) -> list[Conversation]:
     """Every conversation of ``uid``, with its turns, as the database holds them."""
-    listed = server.get("/v1/conversations/", uid=uid, params={"limit": 100}).json()["items"]
+    listed = server.get("/v1/conversations/page", uid=uid, params={"limit": 100}).json()["items"]
     return [as_conversation(server.get(f"/v1/conversations/{c['id']}", uid=uid).json(), uid) for c in listed]
 
 

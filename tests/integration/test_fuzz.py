@@ -343,7 +343,7 @@ async def test_a_huge_conversation_timeout_still_stores_what_was_said(
     url = f"{server.ws}?conversation_timeout={10**30}"
     device = await simulate(dialogue[0], url, token=token(uid), speed=4, settle_s=1.5)
     assert device.segments, server.log()[-3000:]
-    [stored] = server.get("/v1/conversations", uid=uid).json()["items"]
+    [stored] = server.get("/v1/conversations/page", uid=uid).json()["items"]
     assert {s["id"] for s in stored["transcript_segments"]} == set(device.segments)
 
 

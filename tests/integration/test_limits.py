@@ -252,6 +252,9 @@ def test_metrics_take_the_operator_token(limited: ServerProcess):
     assert _audit(limited, "auth-failure", "", "GET /metrics")  # refusals are audited like any other
 
 
+REQUIRED_QUERY = {"q": "x", "title": "x", "starred": "true", "value": "x"}
+
+
 def _routes() -> list[tuple[str, str]]:
     """Every (method, path template) of the app, OPTIONS aside, as create_app builds it."""
     app = create_app(Settings(auth=AuthSettings(admin_key=ADMIN_KEY)))
@@ -274,8 +277,8 @@ async def test_every_route_but_health_the_page_and_the_docs_needs_a_token(limite
                 code, reason = await _close_of(await websockets.connect(limited.ws))
                 answers[method, template] = 401 if (code, reason) == (1008, "Authorization header not found") else code
             else:
-                # A well-formed request (`q` is the one required query parameter), so the token is what decides.
-                response = await http.request(method, path, params={"q": "x"})
+                # A well-formed request (the routes' required query parameters), so the token is what decides.
+                response = await http.request(method, path, params=REQUIRED_QUERY)
                 answers[method, template] = response.status_code
     public = {k: v for k, v in answers.items() if k[1] in OPEN_ROUTES or k[1].startswith("/schema")}
     assert {template for _, template in public} >= OPEN_ROUTES

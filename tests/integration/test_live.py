@@ -88,7 +88,7 @@ async def test_the_device_stream_reaches_the_users_pages_and_no_one_elses(
         await page.until(lambda: seen() == device.segments, timeout_s=5)
         assert "pharmacy" in " ".join(s["text"] for s in seen().values()).lower()
 
-        conversation = server.get("/v1/conversations", uid="live-alice").json()["items"][0]
+        conversation = server.get("/v1/conversations/page", uid="live-alice").json()["items"][0]
         server.post(f"/v1/conversations/{conversation['id']}/close", uid="live-alice")
         await page.until(lambda: any(e["type"] == "memory_created" for e in page.of("conversation")), timeout_s=30)
         created = next(e for e in page.of("conversation") if e["type"] == "memory_created")

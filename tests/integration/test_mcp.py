@@ -41,7 +41,7 @@ async def remembered(mcp_server: ServerProcess, dialogue: tuple[Path, list[Turn]
     """The espeak dialogue streamed in as user `mcp-alice`, closed and indexed."""
     await simulate(dialogue[0], mcp_server.ws, token=token("mcp-alice"), speed=2, settle_s=3)
     deadline = time.monotonic() + 60
-    while not (items := mcp_server.get("/v1/conversations", uid="mcp-alice").json()["items"]):
+    while not (items := mcp_server.get("/v1/conversations/page", uid="mcp-alice").json()["items"]):
         assert time.monotonic() < deadline, "the dialogue was not stored"
         await asyncio.sleep(0.5)
     conversation = mcp_server.post(f"/v1/conversations/{items[0]['id']}/close", uid="mcp-alice").json()

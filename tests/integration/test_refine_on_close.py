@@ -13,7 +13,7 @@ async def test_closing_transcribes_the_kept_speech_again(tmp_path: Path, dialogu
     server = ServerProcess(tmp_path, env={**FAST, "STT_REFINE_BACKEND": "faster-whisper"}).start()
     try:
         await simulate(dialogue[0], server.ws, token=token("refine"), speed=2, settle_s=3)
-        [listed] = server.get("/v1/conversations", uid="refine").json()["items"]
+        [listed] = server.get("/v1/conversations/page", uid="refine").json()["items"]
         closed = server.post(f"/v1/conversations/{listed['id']}/close", uid="refine").json()
         segments = closed["transcript_segments"]
         assert server.metric("refine_segments_total") >= 1, server.log()[-2000:]

@@ -69,7 +69,9 @@ def import_conversation(server: ServerProcess, uid: str, body: dict[str, Any]) -
     reply = server.post(f"{HOOKS}/memory-created", uid=uid, json=body)
     assert reply.status_code == 200, reply.text
     title = body["structured"]["title"]
-    [ours] = [c for c in server.get("/v1/conversations/", uid=uid).json()["items"] if c["structured"]["title"] == title]
+    [ours] = [
+        c for c in server.get("/v1/conversations/page", uid=uid).json()["items"] if c["structured"]["title"] == title
+    ]
     return str(ours["id"])
 
 
@@ -121,7 +123,7 @@ async def test_erasing_a_user_removes_everything_of_theirs_and_nothing_else(
     assert (counts["speakers"], counts["day_summaries"], counts["deliveries_queued"]) == (1, 1, 4)
     assert counts["tokens"] >= 1, "the agent's memory-tool token"
     assert counts["sinks"] == ["index", "letta"]
-    assert server.get("/v1/conversations/", uid=uid).json()["total"] == 0, "the store forgets at once"
+    assert server.get("/v1/conversations/page", uid=uid).json()["total"] == 0, "the store forgets at once"
     wait_drained(server)
 
     # The store has nothing of theirs: conversations, turns, profiles, tokens, summaries, ledger.
@@ -141,7 +143,7 @@ async def test_erasing_a_user_removes_everything_of_theirs_and_nothing_else(
     assert server.metric("erasures_total") == 1
 
     # The other user keeps everything.
-    assert [c["id"] for c in server.get("/v1/conversations/", uid=other).json()["items"]] == [theirs]
+    assert [c["id"] for c in server.get("/v1/conversations/page", uid=other).json()["items"]] == [theirs]
     assert any(h["conversation_id"] == theirs for h in search(server, other, "sailing boat"))
     assert tagged(passages_of(client, other_agent), theirs)
     assert server.get(f"{HOOKS}/day-summaries", uid=other).json()["total"] == 1
@@ -203,7 +205,7 @@ def test_the_retention_purge_deletes_old_conversations_everywhere(service: Serve
     assert "the running service delivers" in done.stderr
     passages = passages_of(client, agent)
     assert not tagged(passages, older) and tagged(passages, recent), "delivered when the command returns"
-    assert [c["id"] for c in server.get("/v1/conversations/", uid=uid).json()["items"]] == [recent]
+    assert [c["id"] for c in server.get("/v1/conversations/page", uid=uid).json()["items"]] == [recent]
     assert [h["conversation_id"] for h in search(server, uid, "dentist appointment Friday")][:1] == [recent]
 
 

@@ -130,13 +130,13 @@ async def test_speaker_assigned_names_the_speaker_and_teaches_a_profile(
     dana = [s for s in ordered if s["speaker_id"] == ordered[1]["speaker_id"]]
     assert dana and all(s["speaker_name"] == "Dana" and s["person_id"] == "client-person-7" for s in dana)
     assert all(s["speaker_name"] != "Dana" for s in ordered if s["speaker_id"] != ordered[1]["speaker_id"])
-    stored = server.get("/v1/conversations", uid=uid).json()["items"][0]["transcript_segments"]
+    stored = server.get("/v1/conversations/page", uid=uid).json()["items"][0]["transcript_segments"]
     assert {s["id"]: s["speaker_name"] for s in stored} == {s["id"]: s["speaker_name"] for s in ordered}
 
     # The voice went into a new profile named Dana, which recognises her in the next conversation.
     profiles = server.get("/v1/speakers", uid=uid).json()["items"]
     assert [p["name"] for p in profiles] == ["Dana"]
-    conversation_id = server.get("/v1/conversations", uid=uid).json()["items"][0]["id"]
+    conversation_id = server.get("/v1/conversations/page", uid=uid).json()["items"][0]["id"]
     assert server.post(f"/v1/conversations/{conversation_id}/close", uid=uid).status_code == 200
     again = await simulate(path, server.ws, token=token(uid), speed=4, settle_s=1.5)
     assert {e["person_name"] for e in again.events if e["type"] == "speaker_label_suggestion"} == {"Dana"}
@@ -159,7 +159,7 @@ async def test_relabel_a_speaker_over_http(server: ServerProcess, dialogue: tupl
     uid = "relabeller"
     path, _ = dialogue
     await simulate(path, server.ws, token=token(uid), speed=4, settle_s=1.5)
-    conversation = server.get("/v1/conversations", uid=uid).json()["items"][0]
+    conversation = server.get("/v1/conversations/page", uid=uid).json()["items"][0]
     speaker = conversation["transcript_segments"][0]["speaker_id"]
     url = f"/v1/conversations/{conversation['id']}/speakers"
     response = server.patch(url, uid=uid, json={"speaker_id": speaker, "name": "Diane"})

@@ -70,7 +70,7 @@ def finished(server: ServerProcess, uid: str, job_id: str, timeout_s: float = 24
 
 
 def conversations_of(server: ServerProcess, uid: str) -> list[dict[str, Any]]:
-    return list(server.get("/v1/conversations/", uid=uid, params={"limit": 200}).json()["items"])
+    return list(server.get("/v1/conversations/page", uid=uid, params={"limit": 200}).json()["items"])
 
 
 def said(conversation: dict[str, Any]) -> str:

@@ -117,7 +117,7 @@ async def test_live_transcript_search_and_renaming_on_a_phone(
         # The hit opens its conversation; a speaker renamed there is renamed everywhere.
         await results.get_by_role("link").first.click()
         await expect(page.locator("#detail-title")).to_be_focused()
-        [conversation] = server.get("/v1/conversations", uid=uid).json()["items"]
+        [conversation] = server.get("/v1/conversations/page", uid=uid).json()["items"]
         assert page.url.endswith(f"#conversation/{conversation['id']}")
         first = conversation["transcript_segments"][0]
         speakers = page.locator("#detail-speakers")

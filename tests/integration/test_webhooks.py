@@ -165,7 +165,7 @@ def outbox(server: ServerProcess, conversation_id: str) -> list[tuple[str, str, 
 
 
 def conversations_of(server: ServerProcess, uid: str) -> list[dict[str, Any]]:
-    return server.get("/v1/conversations", uid=uid, params={"limit": 50}).json()["items"]
+    return server.get("/v1/conversations/page", uid=uid, params={"limit": 50}).json()["items"]
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import asyncio
 
 import msgspec
 
-from memory.letta.agent_claims import AgentClaims
+from memory.letta.agent_claims import AgentClaims, owner_gone
 from memory.store.conversation_store import ConversationStore
 from memory.store.device_activity import DeviceActivity
 
@@ -53,3 +53,21 @@ async def test_device_activity_keeps_the_latest_time_of_each_device(database_url
         assert await activity.since(60.0) == {"alice": 100.0}
     finally:
         await store.close()
+
+
+def test_a_claim_of_a_process_of_this_host_that_is_gone_can_be_taken_over_at_once() -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from memory.redis_state import worker_id
+
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(done.stdout)  # a process that has exited
+    host = socket.gethostname()
+    assert owner_gone(f"{host}-{dead}-abc123") and owner_gone(f"worker-1:{host}-{dead}-abc123")
+    assert not owner_gone(worker_id()), "this process runs"
+    assert not owner_gone(f"{host}-{os.getppid()}-abc123"), "a running process"
+    assert not owner_gone(f"another-host-{dead}-abc123"), "another host's process cannot be told"
+    assert not owner_gone("worker-a")

@@ -58,7 +58,7 @@
     }
     let response;
     try {
-      response = await fetch("/v1/conversations?limit=1", {
+      response = await fetch("/v1/conversations/page?limit=1", {
         headers: { Authorization: `Bearer ${candidate}` },
         cache: "no-store",
       });
@@ -254,7 +254,7 @@
   async function loadLiveConversation() {
     let page;
     try {
-      page = await api("/v1/conversations?limit=5");
+      page = await api("/v1/conversations/page?limit=5");
     } catch (_) {
       return;
     }
@@ -282,7 +282,7 @@
     if (reset) listOffset = 0;
     let page;
     try {
-      page = await api(`/v1/conversations?limit=${PAGE_SIZE}&offset=${listOffset}`);
+      page = await api(`/v1/conversations/page?limit=${PAGE_SIZE}&offset=${listOffset}`);
     } catch (error) {
       if (error.status !== 401) $("conversations-empty").textContent = `Could not load conversations: ${error.message}`;
       $("conversations-empty").hidden = false;
