@@ -72,6 +72,22 @@ class SearchRequest(msgspec.Struct, kw_only=True):
     end_date: datetime | None = None
 
 
+def _query(
+    statuses: tuple[str, ...] | None,
+    include_discarded: bool,
+    starred: bool | None,
+    start_date: datetime | None,
+    end_date: datetime | None,
+) -> ConversationQuery:
+    return ConversationQuery(
+        statuses=statuses,
+        include_discarded=include_discarded,
+        starred=starred,
+        since=_epoch(start_date),
+        until=_epoch(end_date),
+    )
+
+
 class ConversationController(Controller):
     """The caller's conversations, in the OMI ``Conversation`` shape."""
 
@@ -99,13 +115,7 @@ class ConversationController(Controller):
         """
         if folder_id is not None:
             return []
-        query = ConversationQuery(
-            statuses=parse_statuses(statuses, APP_STATUSES),
-            include_discarded=include_discarded,
-            starred=starred,
-            since=_epoch(start_date),
-            until=_epoch(end_date),
-        )
+        query = _query(parse_statuses(statuses, APP_STATUSES), include_discarded, starred, start_date, end_date)
         items, _ = await services.storage.store.page(uid, limit=limit, offset=offset, query=query, count=False)
         return [c.to_omi() for c in items]
 
@@ -123,13 +133,7 @@ class ConversationController(Controller):
         starred: bool | None = None,
     ) -> dict[str, Any]:
         """``{items, total, limit, offset}``: the filters of the list, and every status unless ``statuses`` says."""
-        query = ConversationQuery(
-            statuses=parse_statuses(statuses, None),
-            include_discarded=include_discarded,
-            starred=starred,
-            since=_epoch(start_date),
-            until=_epoch(end_date),
-        )
+        query = _query(parse_statuses(statuses, None), include_discarded, starred, start_date, end_date)
         items, total = await services.storage.store.page(uid, limit=limit, offset=offset, query=query)
         return {"items": [c.to_omi() for c in items], "total": total, "limit": limit, "offset": offset}
 
