@@ -63,6 +63,7 @@ CANDIDATES = 100  # each list's best turns that go into the fusion
 DATE_SLACK_S = 14 * 86_400  # a period also covers the conversations up to two weeks after it
 DENSE_TEXT = "previous+current speaker lines, v1"
 """What a turn's vector embeds (:func:`dense_text`); vectors of another recipe are re-embedded."""
+STAMP_FILE = "embedding.json"  # in the index folder: the model and recipe of the stored vectors
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,7 @@ class MemorySearch:
         self.tuning = tuning or SearchTuning()
         self.folder = folder  # where the embedding stamp is kept (memory.search.reembed)
         self._warned = False
+        self._stamped = False
 
     async def embedder(self) -> Embedder:
         """The embedder, loaded on first use."""
@@ -162,11 +164,55 @@ class MemorySearch:
                     self._embedder = await asyncio.to_thread(self._factory)
         return self._embedder
 
+    def _stamp_path(self) -> Path | None:
+        return None if self.folder is None else self.folder / STAMP_FILE
+
+    async def stale_embeddings(self, *, has_data: bool) -> str | None:
+        """Why the stored vectors cannot be searched with the configured model (another model, or
+        another recipe of :func:`dense_text`), or None when they can. An index without a stamp
+        holds vectors of an earlier version when ``has_data`` (turns are stored)."""
+        path = self._stamp_path()
+        if path is None:
+            return None
+        embedder = await self.embedder()
+        now = {"model": embedder.name, "text": DENSE_TEXT}
+        try:
+            before = msgspec.json.decode(path.read_bytes())
+        except FileNotFoundError:
+            if not has_data:
+                return None
+            before = {"model": "an earlier version's model", "text": "the bare turn text"}
+        except msgspec.DecodeError:
+            before = {"model": "unknown (the stamp is damaged)", "text": ""}
+        if {k: before.get(k) for k in now} == now:
+            return None
+        return (
+            f"the memory index holds vectors of {before.get('model')} ({before.get('text')}), "
+            f"but EMBEDDINGS_MODEL gives {embedder.name} ({DENSE_TEXT})"
+        )
+
+    async def mark_embeddings(self) -> None:
+        """Record that the index's vectors come from the configured model and recipe."""
+        path = self._stamp_path()
+        if path is None:
+            return
+        embedder = await self.embedder()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(msgspec.json.encode({"model": embedder.name, "dim": embedder.dim, "text": DENSE_TEXT}))
+        tmp.replace(path)
+        self._stamped = True
+
     async def add(self, turns: Sequence[Turn]) -> None:
         """Embed and index turns (add or replace), in both indexes."""
         if not turns:
             return
         embedder = await self.embedder()
+        if not self._stamped:
+            path = self._stamp_path()
+            if path is not None and not path.exists():  # a new index: its vectors are this model's
+                await self.mark_embeddings()
+            self._stamped = True
         vectors = await asyncio.to_thread(embedder.embed, [dense_text(t) for t in turns])
         fields = [msgspec.structs.asdict(t) for t in turns]
         await self.index.upsert([IndexItem(**f, vector=v) for f, v in zip(fields, vectors, strict=True)])

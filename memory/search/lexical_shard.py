@@ -346,7 +346,7 @@ class Shard(TurnColumns):
             return self._norm
         n = self.n
         own = np.append(self.own_len[:n], 0.0)  # own[-1] = 0: a missing neighbour adds nothing
-        speaker_len = np.array([sum(c.values()) for c in self.speaker_terms] or [0.0], dtype=np.float64)
+        speaker_len = np.array([float(sum(c.values())) for c in self.speaker_terms] or [0.0], dtype=np.float64)
         length = own[:n] + w.speaker * speaker_len[self.speaker[:n]] + w.date * 3.0  # a date is 3 terms
         for name, weight in zip(_LINKS, (w.near, w.near, w.far, w.far), strict=True):
             if weight:
@@ -383,7 +383,9 @@ class Shard(TurnColumns):
                         ok = to >= 0
                         rows.append(to[ok])
                         freqs.append(f[ok] * weight)
-            tf = np.bincount(np.concatenate(rows), np.concatenate(freqs), minlength=n) if rows else None
+            tf: NDArray[np.float64] | None = None
+            if rows:  # weighted counts are float64 (numpy's stubs say int)
+                tf = np.asarray(np.bincount(np.concatenate(rows), np.concatenate(freqs), minlength=n), np.float64)
             if w.speaker:
                 by = np.array([c.get(term, 0) for c in self.speaker_terms], dtype=np.float64)
                 if by.any():
@@ -402,8 +404,8 @@ class Shard(TurnColumns):
             if len(hit) == 0:
                 continue
             idf = math.log(1.0 + (self.live - len(hit) + 0.5) / (len(hit) + 0.5))
-            f = tf[hit]
-            out[hit] += idf * f * (w.k1 + 1.0) / (f + norm[hit])
+            got = tf[hit]
+            out[hit] += idf * got * (w.k1 + 1.0) / (got + norm[hit])
         return out
 
     def search(
