@@ -77,6 +77,8 @@ bench: install ## run the benchmarks in bench/ (results go in docs/benchmarks.md
 	$(BIN)/python bench/delivery.py
 	$(BIN)/python bench/load.py
 	$(BIN)/python bench/cluster.py
+	$(BIN)/python bench/sync.py
+	$(BIN)/python bench/app_list.py
 
 clean: ## remove the virtualenv and caches (keeps DATA_DIR)
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
