@@ -30,6 +30,7 @@ import msgspec
 from core.errors import NotFoundError
 from memory.store.conversations import ConversationManager
 from memory.store.day_summaries import DaySummaryStore
+from memory.store.facts import FactStore
 from memory.store.sealed_files import SealedFiles
 from memory.store.sync_jobs import SYNC_DIR, SyncJobStore
 from memory.store.tokens import TokenStore
@@ -183,6 +184,7 @@ class Retention:
         done.speakers = await self.speakers.delete_all(uid)
         done.tokens = await self.tokens.delete_all(uid)
         done.day_summaries = await self.summaries.delete_all(uid)
+        await FactStore(store.engine).delete_all(uid)  # what conversations revealed about them
         uploads = await SyncJobStore(store.engine).delete_all(uid)
         if self.uploads is not None:
             for content_id in uploads:

@@ -9,6 +9,7 @@ from app.settings import Settings
 from memory.store.audit_log import AuditLog
 from memory.store.conversation_store import ConversationStore
 from memory.store.day_summaries import DaySummaryStore
+from memory.store.facts import FactStore
 from memory.store.tokens import TokenStore
 from memory.store.voice_profiles import SpeakerStore
 
@@ -24,6 +25,7 @@ class Storage:
     tokens: TokenStore  # per-user API tokens
     summaries: DaySummaryStore  # the OMI cloud's day summaries
     audit: AuditLog  # who read, searched, changed or deleted what (written in batches)
+    facts: FactStore  # what conversations revealed about each user (OMI's "memories"), and their edits
 
     @classmethod
     async def open(cls, settings: Settings, *, queue: bool) -> Storage:
@@ -44,6 +46,7 @@ class Storage:
             TokenStore(engine),
             DaySummaryStore(engine),
             audit,
+            FactStore(engine),
         )
 
     async def close(self) -> None:

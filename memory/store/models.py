@@ -19,6 +19,7 @@ __all__ = [
     "Base",
     "ConversationRow",
     "DaySummaryRow",
+    "FactRow",
     "LettaPassageRow",
     "OutboxRow",
     "SegmentRow",
@@ -269,3 +270,27 @@ class SyncJobRow(Base):
         Index("ix_sync_jobs_uid_content", "uid", "content_id", unique=True),
         Index("ix_sync_jobs_status", "status"),
     )
+
+
+class FactRow(Base):
+    """Something a conversation revealed about the user (OMI's "memories"), or one the user wrote.
+
+    ``conversation_id`` is the conversation it came from (None: added by hand). A fact that a later
+    one replaces keeps its row with ``superseded_by`` set; one the user deletes gets ``removed_at``.
+    Only rows with neither are the user's facts now.
+    """
+
+    __tablename__ = "facts"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    uid: Mapped[str] = mapped_column(String(128))
+    content: Mapped[str] = mapped_column(EncryptedText("facts.content"))
+    category: Mapped[str] = mapped_column(String(32))
+    conversation_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    manual: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+    superseded_by: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    removed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+    __table_args__ = (Index("ix_facts_uid_created_at", "uid", "created_at"),)
