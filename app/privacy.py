@@ -131,6 +131,10 @@ def flows(settings: Routed) -> list[Flow]:
         data = "live transcript and speaker voices (encrypted), which user streams where"
         flow = _to("shared state: Redis", data, f"redis://{host}", shown)
         out.append(Flow(flow.backend, flow.data, host_of(redis_url), shown, redis_url, flow.off_machine))
+    if settings.llm.understand == "llm":  # each closed conversation's transcript, to be summarised
+        url = settings.llm.base_url
+        setting = f"UNDERSTAND_CONVERSATIONS=llm at LLM_BASE_URL={url}"
+        out.append(_to(f"conversation summaries and facts ({settings.llm.model})", "transcripts", url, setting))
     letta = settings.letta
     if not letta.delivery:
         return out
