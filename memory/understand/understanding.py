@@ -59,16 +59,19 @@ def summary_turn(uid: str, conversation: Conversation, structured: dict[str, Any
     )
 
 
-def fact_turn(fact: Fact) -> Turn:
-    """A current fact about the user as a searchable document."""
+def fact_turn(fact: Fact, at: float | None = None) -> Turn:
+    """A current fact about the user as a searchable document, dated ``at`` (default: when it was
+    written): the time of the conversation it came from, so that it leaves the search's sense of
+    "last May" (counted from the user's latest conversation) alone."""
+    when = fact.created_at if at is None else at
     return Turn(
         uid=fact.uid,
         turn_id=f"fact:{fact.id}",
         conversation_id=FACTS_CONVERSATION,
         speaker=SUMMARY_SPEAKER,
         is_user=False,
-        start=fact.created_at,
-        end=fact.updated_at,
+        start=when,
+        end=when,
         text=fact.content,
     )
 
@@ -111,7 +114,8 @@ class Understanding:
             doc = summary_turn(uid, conversation, understood.structured)
             if doc is not None:
                 await self.search.add([doc])
-            await self.index_facts(uid, changed["added"], gone=[f.id for f in changed["superseded"]])
+            gone = [f.id for f in changed["superseded"]]
+            await self.index_facts(uid, changed["added"], gone=gone, at=conversation.started_at)
         if (changed["added"] or changed["superseded"]) and self.on_facts is not None:
             try:
                 await self.on_facts(uid)
@@ -119,13 +123,15 @@ class Understanding:
                 log.warning("could not update the agent's facts block for %s: %s", uid, exc)
         return understood
 
-    async def index_facts(self, uid: str, facts: Sequence[Fact], gone: Sequence[str] = ()) -> None:
+    async def index_facts(
+        self, uid: str, facts: Sequence[Fact], gone: Sequence[str] = (), *, at: float | None = None
+    ) -> None:
         """Put ``facts`` (new or edited) into the search index and take ``gone`` (fact ids) out."""
         if self.search is None:
             return
         if gone:
             await self.search.delete(uid, ids=[f"fact:{i}" for i in gone])
-        await self.search.add([fact_turn(f) for f in facts if f.current])
+        await self.search.add([fact_turn(f, at) for f in facts if f.current])
 
     async def forget(self, uid: str, conversation_id: str) -> None:
         """A conversation was deleted: its summary document leaves the index."""
