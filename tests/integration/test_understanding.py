@@ -4,6 +4,7 @@ duplicated, in the store, the search index and the agent's ``known_facts`` block
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -247,3 +248,41 @@ async def test_the_fact_store_api_for_the_omi_apps_memories(store: ConversationS
     with pytest.raises(ValueError):
         await facts.add(UID, "   ")
     assert await facts.delete_all(UID) == 2 and await facts.list(UID, include_old=True) == []
+
+
+class FakeRegistry:
+    """The part of the agent registry the Letta sink's block writes use: one agent, its lock, the fake client."""
+
+    def __init__(self) -> None:
+        self.client = FakeLetta()
+        self.lock = asyncio.Lock()
+
+    def write_lock(self, agent: str) -> asyncio.Lock:
+        return self.lock
+
+    async def agent_for(self, uid: str) -> str:
+        return "agent-1"
+
+
+async def test_a_users_own_edit_reaches_the_index_and_the_agents_block(store: ConversationStore, search: MemorySearch):
+    from app.service.outbound import Outbound
+    from memory.letta.letta_sink import LettaSink
+
+    registry = FakeRegistry()
+    letta = LettaSink(registry, store)  # type: ignore[arg-type]
+    deliverer = Deliverer(store, Outbox(store.engine), [IndexSink(search), letta], metrics=Metrics())
+    outbound = Outbound(search, Outbox(store.engine), deliverer)
+    facts = FactStore(store.engine)
+    fact = await facts.add(UID, "Allergic to peanuts", category="health")
+    await outbound.facts_edited(UID, [fact])
+    assert "Allergic to peanuts" in registry.client.agents.blocks.values[FACTS_BLOCK]
+    assert f"fact:{fact.id}" in {h.turn_id for h in await search.search(UID, "peanut allergy", limit=5)}
+    edited = await facts.update(UID, fact.id, "Allergic to peanuts and cashews")
+    assert edited is not None
+    await outbound.facts_edited(UID, [edited])
+    hits = await search.search(UID, "cashews", limit=5)
+    assert hits[0].turn_id == f"fact:{fact.id}" and hits[0].text == "Allergic to peanuts and cashews"
+    assert await facts.delete(UID, fact.id)
+    await outbound.facts_edited(UID, gone=[fact.id])
+    assert "peanuts" not in registry.client.agents.blocks.values[FACTS_BLOCK]
+    assert all(h.turn_id != f"fact:{fact.id}" for h in await search.search(UID, "cashews", limit=5))
