@@ -134,6 +134,10 @@ class Understanding:
         await self.search.add([fact_turn(f, at) for f in facts if f.current])
 
     async def forget(self, uid: str, conversation_id: str) -> None:
-        """A conversation was deleted: its summary document leaves the index."""
-        if self.search is not None:
-            await self.search.delete(uid, conversation_id=f"{conversation_id}#understood")
+        """A conversation was deleted: its summary document leaves the index, and, once the user has
+        no facts left (they were erased), so do the facts' documents."""
+        if self.search is None:
+            return
+        await self.search.delete(uid, conversation_id=f"{conversation_id}#understood")
+        if not await self.facts.list(uid, limit=1):
+            await self.search.delete(uid, conversation_id=FACTS_CONVERSATION)

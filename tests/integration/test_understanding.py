@@ -286,3 +286,28 @@ async def test_a_users_own_edit_reaches_the_index_and_the_agents_block(store: Co
     await outbound.facts_edited(UID, gone=[fact.id])
     assert "peanuts" not in registry.client.agents.blocks.values[FACTS_BLOCK]
     assert all(h.turn_id != f"fact:{fact.id}" for h in await search.search(UID, "cashews", limit=5))
+
+
+async def test_a_deleted_conversation_takes_its_summary_and_an_erased_users_facts_out_of_the_index(
+    store: ConversationStore, search: MemorySearch, llm: ScriptedLlm
+):
+    llm.understanding = STRUCTURED
+    facts = FactStore(store.engine)
+    understanding = Understanding(store, facts, Structurer(llm.base_url, "scripted", timeout_s=30), search)
+    sink = IndexSink(search, on_closed=understanding.conversation, on_deleted=understanding.forget)
+    deliver = Deliverer(store, Outbox(store.engine), [sink], metrics=Metrics())
+    await store.put_completed(sample("c1"))
+    await store.put_completed(sample("c2", t0=T0 + 86_400))
+    await deliver.run_once(sink)
+
+    async def ids() -> set[str]:
+        return {h.turn_id for h in await search.search(UID, "Chicago New Jersey roots", limit=50)}
+
+    assert {"c1#summary", "c2#summary"} <= await ids() and any(i.startswith("fact:") for i in await ids())
+    await store.delete(UID, "c1")
+    await deliver.run_once(sink)
+    assert "c1#summary" not in await ids() and any(i.startswith("fact:") for i in await ids())  # facts stay
+    await facts.delete_all(UID)  # the user is erased: facts first, then each conversation
+    await store.delete(UID, "c2")
+    await deliver.run_once(sink)
+    assert await ids() == set()
