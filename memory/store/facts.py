@@ -45,7 +45,8 @@ class Fact(msgspec.Struct, frozen=True, kw_only=True):
     content: str
     category: str
     conversation_id: str | None  # where it came from; None: written by the user
-    manual: bool
+    manual: bool  # added by the user (OMI's manually_added)
+    edited: bool = False  # rewritten by the user since (OMI's edited)
     created_at: float
     updated_at: float
     superseded_by: str | None = None
@@ -87,6 +88,7 @@ def _fact(row: FactRow) -> Fact:
         category=row.category,
         conversation_id=row.conversation_id,
         manual=row.manual,
+        edited=bool(row.edited),
         created_at=row.created_at,
         updated_at=row.updated_at,
         superseded_by=row.superseded_by,
@@ -128,6 +130,7 @@ class FactStore:
             category=_category(category),
             conversation_id=conversation_id,
             manual=conversation_id is None,
+            edited=False,
             created_at=now,
             updated_at=now,
         )
@@ -147,7 +150,7 @@ class FactStore:
             row.content = content
             if category is not None:
                 row.category = _category(category)
-            row.manual = True
+            row.edited = True
             row.updated_at = time.time()
         return _fact(row)
 
@@ -183,6 +186,7 @@ class FactStore:
                     category=_category(change.category),
                     conversation_id=conversation_id,
                     manual=False,
+                    edited=False,
                     created_at=now,
                     updated_at=now,
                 )

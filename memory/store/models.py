@@ -287,7 +287,8 @@ class FactRow(Base):
     content: Mapped[str] = mapped_column(EncryptedText("facts.content"))
     category: Mapped[str] = mapped_column(String(32))
     conversation_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    manual: Mapped[bool] = mapped_column(Boolean, default=False)
+    manual: Mapped[bool] = mapped_column(Boolean, default=False)  # added by the user
+    edited: Mapped[bool] = mapped_column(Boolean, default=False)  # rewritten by the user
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
     superseded_by: Mapped[str | None] = mapped_column(String(36), nullable=True)

@@ -237,6 +237,7 @@ async def test_the_fact_store_api_for_the_omi_apps_memories(store: ConversationS
         and edited.content == "Likes hiking in the Dolomites"
         and edited.updated_at >= mine.updated_at
     )
+    assert edited.edited and edited.manual and not mine.edited
     assert await facts.update("bob", mine.id, "not theirs") is None and await facts.get("bob", mine.id) is None
     assert await facts.delete(UID, other.id) and [f.id for f in await facts.list(UID)] == [mine.id]
     removed = await facts.get(UID, other.id)

@@ -26,6 +26,7 @@ def upgrade() -> None:
         sa.Column("category", sa.String(32), nullable=False),
         sa.Column("conversation_id", sa.String(64), nullable=True),
         sa.Column("manual", sa.Boolean, nullable=False),
+        sa.Column("edited", sa.Boolean, nullable=False),
         sa.Column("created_at", sa.Float, nullable=False),
         sa.Column("updated_at", sa.Float, nullable=False),
         sa.Column("superseded_by", sa.String(36), nullable=True),
