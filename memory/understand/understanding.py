@@ -7,7 +7,8 @@ replace), and indexes the summary and the user's current facts as documents besi
 the summary as turn ``<conversation>#summary`` of conversation ``<conversation>#understood``
 (apart from its turns, so it lends them no words), each fact as turn ``fact:<id>`` of
 conversation ``facts``. ``on_facts(uid)`` is awaited when the user's facts changed (the app
-rewrites the Letta agent's facts block there).
+rewrites the Letta agent's facts block there). With Letta delivery the conversation is queued for
+the Letta sink again, which adds the summary passage and the title to the agent's memory.
 
 Usage::
 
@@ -109,6 +110,10 @@ class Understanding:
         understood = await self.structurer.understand(conversation, current)
         if not await self.store.set_structured(uid, conversation_id, understood.structured):
             return None
+        if (
+            "letta" in self.store.sinks
+        ):  # the agent gets the summary as a passage, and its title in recent_conversations
+            await self.store.requeue(uid, conversation_id, ("letta",))
         changed = await self.facts.apply(uid, conversation_id, understood.facts)
         if self.search is not None:
             doc = summary_turn(uid, conversation, understood.structured)

@@ -312,3 +312,28 @@ async def test_a_deleted_conversation_takes_its_summary_and_an_erased_users_fact
     await store.delete(UID, "c2")
     await deliver.run_once(sink)
     assert await ids() == set()
+
+
+async def test_with_letta_delivery_the_summary_becomes_a_passage_of_the_conversation(
+    tmp_path: Path, search: MemorySearch, llm: ScriptedLlm
+):
+    from memory.letta.archival import passages_of
+
+    llm.understanding = STRUCTURED
+    store = await ConversationStore.open(f"sqlite+aiosqlite:///{tmp_path / 'l.sqlite'}", sinks=("index", "letta"))
+    try:
+        await store.put_completed(sample())
+        before = {r.id for r in await Outbox(store.engine).records(status="pending")}
+        understanding = Understanding(store, FactStore(store.engine), Structurer(llm.base_url, "m"), search)
+        await understanding.conversation(UID, "c1")
+        queued = [r for r in await Outbox(store.engine).records(status="pending") if r.id not in before]
+        assert {(r.sink, r.action) for r in queued} == {("letta", "turns"), ("letta", "closed")}
+        conversation = await store.get(UID, "c1")
+    finally:
+        await store.close()
+    groups = passages_of(conversation, 1500)
+    summary = groups[-1]
+    assert "summary" in summary.tags and "conv:c1" in summary.tags and summary.turn_ids == []
+    assert STRUCTURED["title"] in summary.text and "Action item: Call Sheila again next week" in summary.text
+    assert "Event: Call with Sheila 2025-11-04T10:00:00Z" in summary.text
+    assert [g.key for g in passages_of(conversation, 1500)] == [g.key for g in groups]  # the same keys: no repeat
