@@ -21,7 +21,7 @@ from memory.letta.blocks import FACTS_BLOCK, FactsBlock
 from memory.search.hybrid import LexicalIndex, MemorySearch
 from memory.search.local_index import LocalVectorIndex
 from memory.store.conversation_store import ConversationStore
-from memory.store.facts import FactChange, FactStore
+from memory.store.facts import FactStore
 from memory.store.outbox import Outbox
 from memory.understand.structure import Structurer, extractive
 from memory.understand.understanding import Understanding
@@ -216,39 +216,6 @@ async def test_an_answer_that_is_not_json_falls_back_to_the_extractive_summary(l
     assert understood.by == "extractive" and understood.structured == extractive(sample())
     off = await Structurer("", "none").understand(sample())  # UNDERSTAND_CONVERSATIONS=extractive
     assert off.by == "extractive" and off.structured["title"]
-
-
-async def test_the_fact_store_api_for_the_omi_apps_memories(store: ConversationStore):
-    facts = FactStore(store.engine)
-    mine = await facts.add(UID, "  Likes hiking in the Alps ", category="Hobbies")
-    assert (mine.content, mine.category, mine.manual, mine.conversation_id) == (
-        "Likes hiking in the Alps",
-        "hobbies",
-        True,
-        None,
-    )
-    other = await facts.add(UID, "Works as a nurse", category="nonsense")
-    assert other.category == "other"
-    assert [f.id for f in await facts.list(UID, limit=1, offset=0)] == [other.id]  # newest first
-    assert [f.id for f in await facts.list(UID, limit=10, offset=1)] == [mine.id]
-    edited = await facts.update(UID, mine.id, "Likes hiking in the Dolomites")
-    assert (
-        edited is not None
-        and edited.content == "Likes hiking in the Dolomites"
-        and edited.updated_at >= mine.updated_at
-    )
-    assert edited.edited and edited.manual and not mine.edited
-    assert await facts.update("bob", mine.id, "not theirs") is None and await facts.get("bob", mine.id) is None
-    assert await facts.delete(UID, other.id) and [f.id for f in await facts.list(UID)] == [mine.id]
-    removed = await facts.get(UID, other.id)
-    assert removed is not None and removed.removed and await facts.update(UID, other.id, "back") is None
-    again = await facts.apply(
-        UID, "c9", [FactChange(content="Works as a nurse", category="work")]
-    )  # deleted by the user: not brought back
-    assert again["added"] == [] and [f.id for f in again["kept"]] == [other.id]
-    with pytest.raises(ValueError):
-        await facts.add(UID, "   ")
-    assert await facts.delete_all(UID) == 2 and await facts.list(UID, include_old=True) == []
 
 
 class FakeRegistry:
