@@ -386,7 +386,8 @@ class Shard(TurnColumns):
             by = np.array([c.get(term, 0) for c in self.speaker_terms], dtype=np.float64) if w.speaker else None
             days = self.day_terms.get(term) if w.date else None
             broad = (by is not None and bool(by.any())) or bool(days)
-            if not broad:  # the usual case: only the rows that hold the term and their neighbours, sparse
+            held = sum(len(r) for r in rows)
+            if not broad and 8 * held < n:  # a rare term: only the rows that hold it and their neighbours
                 if not rows:
                     continue
                 touched, where_in = np.unique(np.concatenate(rows), return_inverse=True)
@@ -398,7 +399,7 @@ class Shard(TurnColumns):
                 idf = math.log(1.0 + (self.live - len(touched) + 0.5) / (len(touched) + 0.5))
                 out[touched] += idf * counts * (w.k1 + 1.0) / (counts + norm[touched])
                 continue
-            # A speaker's name or a date: every turn of theirs, or of that day, holds the term; dense.
+            # A common term, a speaker's name or a date (every turn of theirs, or of that day): over every row.
             tf = np.zeros(n, dtype=np.float64)
             if rows:  # weighted counts are float64 (numpy's stubs say int)
                 tf += np.bincount(np.concatenate(rows), np.concatenate(freqs), minlength=n)
@@ -413,7 +414,10 @@ class Shard(TurnColumns):
             if df == 0:
                 continue
             idf = math.log(1.0 + (self.live - df + 0.5) / (df + 0.5))
-            out += idf * tf * (w.k1 + 1.0) / (tf + norm)  # 0 where tf is 0
+            gain = tf * (idf * (w.k1 + 1.0))  # 0 where tf is 0
+            tf += norm
+            gain /= tf
+            out += gain
         return out
 
     def search(
