@@ -146,6 +146,10 @@ def flows(settings: Routed) -> list[Flow]:
         shown = f"ALERT_WEBHOOK_URL at {host_of(url)}"  # not the path: an ntfy topic is a secret
         flow = _to("alerts: webhook", "problem names, counts, uids (no transcript)", url, shown)
         out.append(Flow(flow.backend, flow.data, flow.host, flow.setting, url, flow.off_machine, personal=False))
+    if settings.llm.understand == "llm":  # each closed conversation's transcript, to be summarised
+        url = settings.llm.base_url
+        setting = f"UNDERSTAND_CONVERSATIONS=llm at LLM_BASE_URL={url}"
+        out.append(_to(f"conversation summaries and facts ({settings.llm.model})", "transcripts", url, setting))
     letta = settings.letta
     if not letta.delivery:
         return out

@@ -549,6 +549,9 @@ def store_synthetic(env: dict[str, str], uid: str, conversations: int, per: int)
 
 def memory_sentences(count: int, seed: int = 1) -> list[str]:
     """``count`` distinct sentences about people, places, days and errands, from :data:`TEMPLATES`."""
+    most = len({t.format(name=n, place=p, day=d) for t in TEMPLATES for n in NAMES for p in PLACES for d in DAYS})
+    if count > most:
+        raise ValueError(f"the templates make only {most} distinct sentences, not {count}")
     rng = random.Random(seed)
     out: set[str] = set()
     while len(out) < count:

@@ -15,6 +15,10 @@ weights picked by a small grid on one conversation, scored on the other, both wa
 (``--llm-base-url``, OpenAI-compatible) it also answers each question from the top 10 and has the
 LLM judge the answer against LoCoMo's (accuracy, as the mem0 and Zep papers report).
 
+Each session is understood when it closes, as the service does (``--understand``, default
+``extractive``: no model): its summary document is indexed beside its turns and competes with
+them for the top k; it is never an evidence turn, so it can only cost recall.
+
     .venv/bin/python bench/recall.py [--data ../shared/data/locomo] [--conversations 26 30] [--json out.json]
 """
 
@@ -54,7 +58,10 @@ from memory.search.lexical_shard import LexicalWeights
 from memory.search.local_index import LocalVectorIndex
 from memory.store.conversation_store import ConversationStore
 from memory.store.crypto import Keyring, install
+from memory.store.facts import FactStore
 from memory.store.outbox import Outbox
+from memory.understand.structure import Structurer
+from memory.understand.understanding import Understanding
 
 CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop", 5: "adversarial"}
 KS = (5, 10)
@@ -186,11 +193,16 @@ class CachedEmbedder(Embedder):
         return self.queries[text]
 
 
-async def build_service(folder: Path, embedder: Embedder, convs: list[Locomo]) -> tuple[MemorySearch, float]:
+async def build_service(
+    folder: Path, embedder: Embedder, convs: list[Locomo], structurer: Structurer | None = None
+) -> tuple[MemorySearch, float]:
     """Store every session and deliver it to the index sink through the outbox; the search, and seconds taken."""
     store = await ConversationStore.open(f"sqlite+aiosqlite:///{folder / 'omi-letta.db'}", sinks=("index",))
     search = MemorySearch(embedder, LocalVectorIndex(folder / "index"), LexicalIndex(folder / "index"))
     sink = IndexSink(search)
+    if structurer is not None:  # each session understood when it closes, as the service does
+        understanding = Understanding(store, FactStore(store.engine), structurer, search)
+        sink = IndexSink(search, on_closed=understanding.conversation, on_deleted=understanding.forget)
     deliverer = Deliverer(store, Outbox(store.engine), [sink], metrics=Metrics())
     t = time.perf_counter()
     for conv in convs:
@@ -298,13 +310,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     minilm = CachedEmbedder(LocalEmbedder(threads=args.threads))
     folder = Path(tempfile.mkdtemp(prefix="omi-letta-bench-recall-"))
     print("indexing through the store, the outbox and the index sink (multilingual-e5-small):")
-    search, index_s = await build_service(folder / "e5", e5, convs)
+    structurer = None
+    if args.understand != "off":  # the sessions' summaries (and facts) are searched beside the turns
+        url = args.llm_base_url if args.understand == "llm" else ""
+        structurer = Structurer(url, args.llm_model, args.llm_api_key)
+    search, index_s = await build_service(folder / "e5", e5, convs, structurer)
     turns_total = sum(len(s.segments) for c in convs for s in c.sessions)
     print(f"  {turns_total} turns in {index_s:.1f} s ({turns_total / index_s:.0f} turns/s, embedding included)")
     searches = {"e5": search}
     if not args.no_minilm:
         print("indexing again with EMBEDDINGS_MODEL=all-MiniLM-L6-v2:")
-        searches["minilm"], _ = await build_service(folder / "minilm", minilm, convs)
+        searches["minilm"], _ = await build_service(folder / "minilm", minilm, convs, structurer)
 
     rows: dict[str, dict[str, dict[str, float]]] = defaultdict(dict)
     for conv in convs:
@@ -373,6 +389,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="threads of the embedding models")
     parser.add_argument("--no-minilm", action="store_true", help="skip the shipped search with all-MiniLM-L6-v2")
     parser.add_argument("--no-tune", action="store_true", help="skip the held-out check")
+    parser.add_argument(
+        "--understand",
+        choices=("off", "extractive", "llm"),
+        default="extractive",
+        help="understand each session when it closes, as the service does (UNDERSTAND_CONVERSATIONS): its "
+        "summary, and with llm (--llm-base-url) its facts, are indexed beside the turns and take places in "
+        "the top k (they are never evidence); default extractive, what a service without a model indexes",
+    )
     parser.add_argument("--llm-base-url", default="", help="OpenAI-compatible LLM for answer accuracy (LLM judge)")
     parser.add_argument("--llm-model", default="llama3.2")
     parser.add_argument("--llm-api-key", default="")

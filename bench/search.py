@@ -309,7 +309,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000], help="turns per run")
     parser.add_argument("--queries", type=int, default=200, help="timed queries per measure")
-    parser.add_argument("--pool", type=int, default=2000, help="distinct sentences embedded with the model")
+    parser.add_argument("--pool", type=int, default=1000, help="distinct sentences embedded with the model")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     install(Keyring.generate())  # the index files are encrypted at rest, as a server's are

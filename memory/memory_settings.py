@@ -287,12 +287,24 @@ class LlmSettings:
     chat_timeout_s: float = setting(
         "CHAT_TIMEOUT_S", 300.0, "Longest a chat reply may take, and how long a message waits for the agent's last one."
     )
+    understand: str = setting(
+        "UNDERSTAND_CONVERSATIONS",
+        "llm",
+        "When a conversation closes, fill its `structured` summary (title, overview, emoji, category, action "
+        "items, events) and the facts it reveals about the user: `llm` asks LLM_MODEL (an extractive title and "
+        "overview when it is unreachable), `extractive` never asks a model (no facts), `off` does neither.",
+        choices=("llm", "extractive", "off"),
+    )
+    understand_timeout_s: float = setting(
+        "UNDERSTAND_TIMEOUT_S", 120.0, "Longest the model may take to understand one conversation."
+    )
 
     def __post_init__(self) -> None:
         if not self.base_url.startswith(("http://", "https://")):
             raise SettingsError("LLM_BASE_URL must start with http:// or https://")
         check_range("LLM_CONTEXT_WINDOW", self.context_window, 1024, 2_000_000)
         check_range("CHAT_TIMEOUT_S", self.chat_timeout_s, 5.0, 3600.0)
+        check_range("UNDERSTAND_TIMEOUT_S", self.understand_timeout_s, 1.0, 3600.0)
 
 
 @dataclass(frozen=True)

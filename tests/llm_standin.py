@@ -4,6 +4,9 @@ It speaks the wire protocol Letta's OpenAI client uses (``GET /v1/models``, ``PO
 /v1/chat/completions``, streamed or not) and follows one script: if the conversation has no tool
 result yet and a ``search_memory`` tool is offered, it calls that tool with the user's last
 message as the query; once that question has a tool result, it answers "From your memory: <result>".
+Asked to understand a conversation (the system prompt starts with ``UNDERSTAND_MARKER``), it
+answers :attr:`ScriptedLlm.understanding` as JSON, or, when that is a function, what it returns
+for the request's last message.
 Every request is kept in :attr:`ScriptedLlm.requests` for tests to inspect.
 """
 
@@ -21,6 +24,7 @@ from tests.support import free_port
 __all__ = ["ScriptedLlm"]
 
 TOOL = "search_memory"
+UNDERSTAND_MARKER = "omi-letta: understand a conversation"  # memory.understand.structure.MARKER
 
 
 def _text(content: Any) -> str:
@@ -43,6 +47,7 @@ class ScriptedLlm:
         self.refused = 0
         self.inflight = 0
         self.max_inflight = 0  # the most chat completions answered at once
+        self.understanding: Any = {"title": "A conversation", "overview": "People talked.", "facts": []}
         self._count = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -62,6 +67,11 @@ class ScriptedLlm:
     def reply(self, body: dict[str, Any]) -> dict[str, Any]:
         """The next assistant message of the script, for a chat completions request ``body``."""
         messages = body.get("messages") or []
+        if messages and _text(messages[0].get("content")).startswith(UNDERSTAND_MARKER):
+            answer = self.understanding
+            if callable(answer):
+                answer = answer(_text(messages[-1].get("content")))
+            return {"role": "assistant", "content": answer if isinstance(answer, str) else json.dumps(answer)}
         offered = {t.get("function", {}).get("name") for t in body.get("tools") or []}
         asked = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
         results = [m for m in messages[asked + 1 :] if m.get("role") == "tool"]  # this question's

@@ -9,7 +9,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from app.settings import load_settings
+from app.settings import Settings, load_settings
 
 if TYPE_CHECKING:
     pass
@@ -51,6 +51,13 @@ def add_parsers(commands: Commands) -> None:
     backfill.add_argument("--uid", help="only this user's conversations (default: everyone's)")
     backfill.add_argument("--since", type=when, metavar="WHEN", help="only conversations ending at or after this")
     backfill.add_argument("--sink", choices=("index", "letta"), help="only this sink (default: every configured one)")
+    backfill.add_argument(
+        "--structure",
+        action="store_true",
+        help="instead, understand stored conversations that have no summary: their `structured` title, overview, "
+        "action items and events, and the facts they reveal (LLM_MODEL; an extractive summary without one)",
+    )
+    backfill.add_argument("--force", action="store_true", help="with --structure: also those that have a summary")
 
     merge = commands.add_parser(
         "merge-agents",
@@ -141,6 +148,9 @@ def _backfill(args: argparse.Namespace) -> int:
         print(f"omi-letta backfill: the {args.sink} sink is not configured (LETTA_DELIVERY=false)", file=sys.stderr)
         return 2
 
+    if args.structure:
+        return asyncio.run(_structure(args, settings, sinks))
+
     async def run() -> int:
         async with local_delivery(settings, sinks) as delivery:
             store = delivery.store
@@ -222,6 +232,45 @@ def _merge_agents(args: argparse.Namespace) -> int:
             await client.close()
 
     return asyncio.run(run())
+
+
+async def _structure(args: argparse.Namespace, settings: Settings, sinks: tuple[str, ...]) -> int:
+    """``backfill --structure``: understand old conversations here (the service must not be delivering)."""
+    from app.service.outbound import understanding_for
+    from memory.delivery.index_sink import IndexSink
+    from memory.letta.letta_sink import LettaSink
+
+    if settings.llm.understand == "off":
+        print("omi-letta backfill --structure: UNDERSTAND_CONVERSATIONS=off", file=sys.stderr)
+        return 2
+    async with local_delivery(settings, sinks) as delivery:
+        if not delivery.here:
+            print(
+                "omi-letta backfill --structure: a running `omi-letta serve` holds the memory index; stop it first",
+                file=sys.stderr,
+            )
+            return 2
+        found = {type(s): s for s in delivery.deliverer.sinks}
+        index, letta = found.get(IndexSink), found.get(LettaSink)
+        search = index.search if isinstance(index, IndexSink) else None
+        understanding = understanding_for(
+            settings, delivery.store, search, letta if isinstance(letta, LettaSink) else None
+        )
+        assert understanding is not None
+        keys = await delivery.store.keys(uid=args.uid, since=args.since)
+        done = {"llm": 0, "extractive": 0}
+        started = time.monotonic()
+        for uid, conversation_id, _ in keys:
+            understood = await understanding.conversation(uid, conversation_id, force=args.force)
+            if understood is not None:
+                done[understood.by] += 1
+        skipped = len(keys) - sum(done.values())
+        print(
+            f"{sum(done.values())} conversation(s) understood ({done['llm']} by the model, {done['extractive']} "
+            f"extractive), {skipped} skipped (a summary already, or empty) in {time.monotonic() - started:.1f} s",
+            file=sys.stderr,
+        )
+    return 0
 
 
 def _forget(args: argparse.Namespace) -> int:

@@ -11,11 +11,12 @@ from litestar.exceptions import NotFoundException, ValidationException
 from litestar.params import Parameter
 
 from app.service.services import Services
-from memory.store.facts import MAX_FACT_CHARS, Fact
+from memory.store.facts import Fact
 
 __all__ = ["MemoriesController", "app_memory"]
 
 OK = {"status": "ok"}
+MAX_FACT_CHARS = 500
 
 
 class NewMemory(msgspec.Struct, kw_only=True):
@@ -40,9 +41,9 @@ def app_memory(fact: Fact) -> dict[str, Any]:
         "created_at": _iso(fact.created_at),
         "updated_at": _iso(fact.updated_at),
         "conversation_id": fact.conversation_id,
-        "reviewed": fact.manually_added,
+        "reviewed": fact.manual,
         "user_review": None,
-        "manually_added": fact.manually_added,
+        "manually_added": fact.manual,
         "edited": fact.edited,
         "deleted": False,
         "visibility": "private",
@@ -71,7 +72,7 @@ class MemoriesController(Controller):
     async def add_memory(self, services: Services, uid: str, data: NewMemory) -> dict[str, Any]:
         """The new fact (or the same words already kept); your agent's facts block gets it."""
         try:
-            fact = await services.storage.facts.add(uid, data.content, category=data.category, manual=True)
+            fact = await services.storage.facts.add(uid, data.content, data.category or "other")
         except ValueError as exc:
             raise ValidationException(detail=str(exc)) from exc
         return app_memory(fact)

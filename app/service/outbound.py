@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from app.settings import Settings
@@ -22,8 +23,11 @@ from memory.letta.letta_sink import LettaSink
 from memory.redis_state import RedisState, worker_id
 from memory.search.hybrid import MemorySearch, open_search
 from memory.store.conversation_store import ConversationStore
+from memory.store.facts import Fact, FactStore
 from memory.store.outbox import Outbox, RetryPolicy
 from memory.store.tokens import TokenStore
+from memory.understand.structure import Structurer
+from memory.understand.understanding import Understanding, fact_turn
 
 __all__ = [
     "Outbound",
@@ -33,6 +37,7 @@ __all__ = [
     "load_sinks",
     "memory_search",
     "reembed_if_changed",
+    "understanding_for",
 ]
 
 log = logging.getLogger(__name__)
@@ -69,6 +74,20 @@ def agent_registry(settings: Settings, store: ConversationStore, embedding: Embe
     )
 
 
+def understanding_for(
+    settings: Settings, store: ConversationStore, search: MemorySearch | None, letta: LettaSink | None = None
+) -> Understanding | None:
+    """What understands closed conversations (UNDERSTAND_CONVERSATIONS), or None when it is ``off``;
+    with ``letta``, the agent's facts block follows the facts."""
+    llm = settings.llm
+    if llm.understand == "off":
+        return None
+    url = llm.base_url if llm.understand == "llm" else ""
+    structurer = Structurer(url, llm.model, llm.api_key, timeout_s=llm.understand_timeout_s)
+    on_facts = letta.refresh_facts if letta is not None else None
+    return Understanding(store, FactStore(store.engine), structurer, search, on_facts=on_facts)
+
+
 def load_sinks(
     settings: Settings,
     store: ConversationStore,
@@ -77,14 +96,32 @@ def load_sinks(
     *,
     agents: AgentRegistry | None = None,
 ) -> list[Sink]:
-    """The sinks ``names`` (default ``settings.sinks``): the memory index, and each user's Letta agent."""
+    """The sinks ``names`` (default ``settings.sinks``): the memory index, and each user's Letta agent.
+
+    The index sink understands each closed conversation once its turns are indexed (its summary
+    and facts, :func:`understanding_for`)."""
+    chosen = settings.sinks if names is None else names
+    letta: LettaSink | None = None
+    if "letta" in chosen:
+        registry = agents or agent_registry(settings, store, embedding_of(search))
+        letta = LettaSink.from_settings(settings.letta, store, registry)
     sinks: list[Sink] = []
-    for name in settings.sinks if names is None else names:
+    for name in chosen:
         if name == "index":
-            sinks.append(IndexSink(search))
-        elif name == "letta":
-            registry = agents or agent_registry(settings, store, embedding_of(search))
-            sinks.append(LettaSink.from_settings(settings.letta, store, registry))
+            understanding = understanding_for(settings, store, search, letta)
+            if understanding is None:
+                sinks.append(IndexSink(search))
+            else:
+                sinks.append(
+                    IndexSink(
+                        search,
+                        on_closed=understanding.conversation,
+                        on_deleted=understanding.forget,
+                        on_facts=understanding.reindex_facts,
+                    )
+                )
+        elif name == "letta" and letta is not None:
+            sinks.append(letta)
     return sinks
 
 
@@ -196,6 +233,18 @@ class Outbound:
         except Exception as exc:  # a model that fails to load fails each delivery instead, with its error
             log.warning("could not check the memory index's embedding model: %s", exc)
         deliverer.start()
+
+    async def facts_edited(self, uid: str, changed: Sequence[Fact] = (), gone: Sequence[str] = ()) -> None:
+        """The user edited their facts (``changed``: added or rewritten; ``gone``: ids deleted): the
+        search index and, with Letta delivery, the agent's ``known_facts`` block follow."""
+        sinks = self.deliverer.sinks if self.deliverer is not None else []
+        for sink in sinks:
+            if isinstance(sink, IndexSink):
+                if gone:
+                    await self.search.delete(uid, ids=[f"fact:{i}" for i in gone])
+                await self.search.add([fact_turn(f) for f in changed if f.current])
+            elif isinstance(sink, LettaSink):
+                await sink.refresh_facts(uid)
 
     async def close(self) -> None:
         """Stop delivering, release the lock, close the index."""

@@ -27,7 +27,7 @@ class Storage:
     summaries: DaySummaryStore  # the OMI cloud's day summaries
     audit: AuditLog  # who read, searched, changed or deleted what (written in batches)
     settings: UserSettingsStore  # what the OMI app set: language, onboarding, where the chat view starts
-    facts: FactStore  # facts about the user (the app's "memories"), changes queued for the agent's block
+    facts: FactStore  # what conversations revealed about each user (OMI's "memories"), and their edits
 
     @classmethod
     async def open(cls, settings: Settings, *, queue: bool) -> Storage:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from itertools import pairwise
 from typing import TYPE_CHECKING
 
@@ -44,8 +45,18 @@ class IndexSink(Sink):
 
     name = "index"
 
-    def __init__(self, search: MemorySearch) -> None:
+    def __init__(
+        self,
+        search: MemorySearch,
+        *,
+        on_closed: Callable[[str, str], Awaitable[object]] | None = None,
+        on_deleted: Callable[[str, str], Awaitable[object]] | None = None,
+        on_facts: Callable[[str], Awaitable[object]] | None = None,
+    ) -> None:
         self.search = search
+        self.on_closed = on_closed  # (uid, conversation id): the app understands the conversation here
+        self.on_deleted = on_deleted
+        self.on_facts = on_facts  # (uid): the user's facts changed; their documents follow
 
     async def deliver(
         self, record: OutboxRecord, conversation: Conversation | None, turns: list[TranscriptSegment]
@@ -57,8 +68,14 @@ class IndexSink(Sink):
         uid = items[0].record.uid
         wanted: dict[str, set[str]] = {}  # conversation id -> turn ids to refresh
         states: dict[str, Conversation | None] = {}
+        closed: list[str] = []
+        facts = False
         for record, conversation, _ in items:
-            if record.action in ("closed", "facts"):  # facts are for the agent's block only
+            if record.action == "closed":
+                closed.append(record.conversation_id)
+                continue
+            if record.action == "facts":  # the user edited their facts
+                facts = True
                 continue
             states[record.conversation_id] = None if record.action == "deleted" else conversation
             wanted.setdefault(record.conversation_id, set()).update(record.turn_ids)
@@ -67,6 +84,8 @@ class IndexSink(Sink):
         for cid, conversation in states.items():
             if conversation is None:
                 await self.search.delete(uid, conversation_id=cid)
+                if self.on_deleted is not None:
+                    await self.on_deleted(uid, cid)
                 continue
             present = [s for s in conversation.segments if s.id in wanted[cid] and s.text.strip()]
             add += turns_of(uid, conversation, present)
@@ -74,3 +93,9 @@ class IndexSink(Sink):
         await self.search.add(add)
         if gone:
             await self.search.delete(uid, ids=gone)
+        if facts and self.on_facts is not None:
+            await self.on_facts(uid)
+        if self.on_closed is not None:  # after its turns are indexed
+            for cid in closed:
+                if states.get(cid, True) is not None:
+                    await self.on_closed(uid, cid)

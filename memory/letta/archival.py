@@ -26,7 +26,7 @@ from letta_client import NotFoundError as LettaNotFound
 
 from core.errors import DeliveryError
 from memory.letta.letta_client import letta_errors, unsent
-from memory.letta.passage_groups import PassageGroup, group_turns
+from memory.letta.passage_groups import PassageGroup, group_turns, summary_group
 
 if TYPE_CHECKING:
     from core.conversation import Conversation
@@ -38,6 +38,12 @@ log = logging.getLogger(__name__)
 
 BATCH = 100  # passages per insert request
 WATCH_EVERY_S = 3.0  # how often watched groups are looked up again
+
+
+def passages_of(conversation: Conversation, max_chars: int) -> list[PassageGroup]:
+    """What the agent holds of a conversation: its turn groups, and its summary once it has one."""
+    summary = summary_group(conversation)
+    return [*group_turns(conversation, max_chars), *([summary] if summary is not None else [])]
 
 
 class ArchivalMemory:
@@ -73,7 +79,7 @@ class ArchivalMemory:
         missing: dict[str, list[PassageGroup]] = {}
         stale: dict[str, str] = {}
         for cid, conversation in conversations.items():
-            desired = {g.key: g for g in group_turns(conversation, self.passage_max_chars)} if conversation else {}
+            desired = {g.key: g for g in passages_of(conversation, self.passage_max_chars)} if conversation else {}
             known = await self.ledger.entries(agent, cid)
             stored = {k: e.passage_id for k, e in known.items() if e.state == "stored" and e.passage_id}
             pending = [k for k, e in known.items() if e.state == "pending"]

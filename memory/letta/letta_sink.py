@@ -3,7 +3,7 @@
 It composes the three parts of a Letta agent it writes: the agent itself
 (:class:`~memory.letta.agents.AgentRegistry`, shared with chat), its archival memory
 (:class:`~memory.letta.archival.ArchivalMemory`) and its core memory blocks
-(:class:`~memory.letta.blocks.RecentConversations`: recent conversations, facts about the user).
+(:class:`~memory.letta.blocks.RecentConversations` and :class:`~memory.letta.blocks.FactsBlock`).
 Writes to one agent are serialized.
 """
 
@@ -18,10 +18,11 @@ from core.segments import TranscriptSegment
 from memory.delivery.deliverer import Delivery, Sink
 from memory.letta.agents import AgentRegistry
 from memory.letta.archival import ArchivalMemory
-from memory.letta.blocks import RecentConversations
+from memory.letta.blocks import FactsBlock, RecentConversations
 from memory.letta.ledger import Ledger
 from memory.letta.letta_client import letta_errors
 from memory.letta.passage_groups import summary_line
+from memory.store.facts import FactStore
 
 if TYPE_CHECKING:
     from letta_client import AsyncLetta
@@ -61,6 +62,7 @@ class LettaSink(Sink):
             watch_s=watch_s,
         )
         self.blocks = RecentConversations(agents.client, store, count=recent_conversations)
+        self.facts = FactsBlock(agents.client, FactStore(store.engine))
         self.notify_on_close = notify_on_close
 
     @classmethod
@@ -129,11 +131,17 @@ class LettaSink(Sink):
                 await self.archive.sweep(agent, cid)
             if closed or deleted:
                 await self.blocks.refresh_recent(agent, uid)
-            if facts:
-                await self.blocks.refresh_facts(agent, uid)
+            if closed or facts:  # what the conversation revealed (if understood first), or the user's edits
+                await self.facts.refresh_facts(agent, uid)
             if self.notify_on_close:
                 for conversation in closed:
                     await self._notify(agent, uid, conversation)
+
+    async def refresh_facts(self, uid: str) -> str:
+        """Rewrite the user's agent's ``known_facts`` block (their facts changed); returns its value."""
+        agent = await self.agents.agent_for(uid)
+        async with self.agents.write_lock(agent):
+            return await self.facts.refresh_facts(agent, uid)
 
     async def _notify(self, agent: str, uid: str, conversation: Conversation) -> None:
         """Tell the agent a conversation ended, at most once (a claimed ledger row marks it sent)."""

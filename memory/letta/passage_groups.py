@@ -19,7 +19,7 @@ import msgspec
 from core.conversation import Conversation
 from core.segments import TranscriptSegment, speaker_of
 
-__all__ = ["PassageGroup", "group_turns", "recent_block", "summary_line"]
+__all__ = ["PassageGroup", "group_turns", "recent_block", "summary_group", "summary_line"]
 
 _WORD = re.compile(r"[^\W\d_][\w'-]{2,}", re.UNICODE)
 # Words too common to say what a conversation was about.
@@ -88,6 +88,33 @@ def _group(conversation: Conversation, header: str, lines: list[tuple[Transcript
         ],
         created_at=datetime.fromtimestamp(first, tz=UTC).isoformat(),
         turn_ids=turn_ids,
+    )
+
+
+def summary_group(conversation: Conversation) -> PassageGroup | None:
+    """The conversation's ``structured`` summary (title, overview, action items, events) as one
+    passage tagged ``summary``, or None when it has none."""
+    structured = conversation.structured or {}
+    title = str(structured.get("title") or "").strip()
+    overview = str(structured.get("overview") or "").strip()
+    if not title and not overview:
+        return None
+    lines = [f"Summary of conversation {conversation.id[:8]} ({_minute(conversation.started_at)} UTC): {title}"]
+    lines += [overview] if overview else []
+    for item in structured.get("action_items") or []:
+        text = str(item.get("description", "") if isinstance(item, dict) else item).strip()
+        lines += [f"Action item: {text}"] if text else []
+    for event in structured.get("events") or []:
+        if isinstance(event, dict) and str(event.get("title") or "").strip():
+            lines.append(f"Event: {event['title']} {event.get('start') or ''}".rstrip())
+    text = "\n".join(lines)
+    key = hashlib.sha256("\0".join(["summary", conversation.id, text]).encode()).hexdigest()[:32]
+    return PassageGroup(
+        key=key,
+        text=text,
+        tags=["omi", f"conv:{conversation.id}", "summary", f"grp:{key}"],
+        created_at=datetime.fromtimestamp(conversation.started_at, tz=UTC).isoformat(),
+        turn_ids=[],
     )
 
 

@@ -383,29 +383,41 @@ class Shard(TurnColumns):
                         ok = to >= 0
                         rows.append(to[ok])
                         freqs.append(f[ok] * weight)
-            tf: NDArray[np.float64] | None = None
-            if rows:  # weighted counts are float64 (numpy's stubs say int)
-                tf = np.asarray(np.bincount(np.concatenate(rows), np.concatenate(freqs), minlength=n), np.float64)
-            if w.speaker:
-                by = np.array([c.get(term, 0) for c in self.speaker_terms], dtype=np.float64)
-                if by.any():
-                    more = w.speaker * by[self.speaker[:n]]
-                    tf = more if tf is None else tf + more
+            by = np.array([c.get(term, 0) for c in self.speaker_terms], dtype=np.float64) if w.speaker else None
             days = self.day_terms.get(term) if w.date else None
+            broad = (by is not None and bool(by.any())) or bool(days)
+            held = sum(len(r) for r in rows)
+            if not broad and 8 * held < n:  # a rare term: only the rows that hold it and their neighbours
+                if not rows:
+                    continue
+                touched, where_in = np.unique(np.concatenate(rows), return_inverse=True)
+                counts = np.bincount(where_in, np.concatenate(freqs))
+                ok = alive[touched]
+                touched, counts = touched[ok], counts[ok]
+                if len(touched) == 0:
+                    continue
+                idf = math.log(1.0 + (self.live - len(touched) + 0.5) / (len(touched) + 0.5))
+                out[touched] += idf * counts * (w.k1 + 1.0) / (counts + norm[touched])
+                continue
+            # A common term, a speaker's name or a date (every turn of theirs, or of that day): over every row.
+            tf = np.zeros(n, dtype=np.float64)
+            if rows:  # weighted counts are float64 (numpy's stubs say int)
+                tf += np.bincount(np.concatenate(rows), np.concatenate(freqs), minlength=n)
+            if by is not None and by.any():
+                tf += w.speaker * by[self.speaker[:n]]
             if days:
                 on = np.zeros(len(self.days), dtype=np.float64)
                 on[days] = w.date
-                more = on[self.day_code[:n]]
-                tf = more if tf is None else tf + more
-            if tf is None:
+                tf += on[self.day_code[:n]]
+            tf *= alive
+            df = int(np.count_nonzero(tf))
+            if df == 0:
                 continue
-            tf[~alive] = 0.0
-            hit = np.flatnonzero(tf)
-            if len(hit) == 0:
-                continue
-            idf = math.log(1.0 + (self.live - len(hit) + 0.5) / (len(hit) + 0.5))
-            got = tf[hit]
-            out[hit] += idf * got * (w.k1 + 1.0) / (got + norm[hit])
+            idf = math.log(1.0 + (self.live - df + 0.5) / (df + 0.5))
+            gain = tf * (idf * (w.k1 + 1.0))  # 0 where tf is 0
+            tf += norm
+            gain /= tf
+            out += gain
         return out
 
     def search(

@@ -262,6 +262,15 @@ class ConversationStore:
             row = await _owned(session, uid, conversation_id)
             return _from_row(row)
 
+    async def set_structured(self, uid: str, conversation_id: str, structured: dict[str, Any]) -> bool:
+        """Store a conversation's ``structured`` summary (title, overview, ...); False if it is gone."""
+        async with self._session() as session, session.begin():
+            row = await session.get(ConversationRow, conversation_id)
+            if row is None or row.uid != uid:
+                return False
+            row.structured = structured
+        return True
+
     async def page(
         self, uid: str, *, limit: int, offset: int, query: ConversationQuery | None = None, count: bool = True
     ) -> tuple[list[Conversation], int | None]:

@@ -21,6 +21,7 @@ __all__ = [
     "ConversationRow",
     "DaySummaryRow",
     "DeviceActivityRow",
+    "FactRow",
     "LettaPassageRow",
     "OutboxRow",
     "SegmentRow",
@@ -320,10 +321,11 @@ class UserSettingsRow(Base):
 
 
 class FactRow(Base):
-    """A fact about the user (OMI's "memories"): said in a conversation, or written by the user in the app.
+    """Something a conversation revealed about the user (OMI's "memories"), or one the user wrote.
 
-    ``content`` is encrypted. ``superseded_by`` names the fact that replaced this one (a newer
-    statement of the same thing); a superseded fact is kept but no longer listed or given to the agent.
+    ``conversation_id`` is the conversation it came from (None: added by hand). A fact that a later
+    one replaces keeps its row with ``superseded_by`` set; one the user deletes gets ``removed_at``.
+    Only rows with neither are the user's facts now.
     """
 
     __tablename__ = "facts"
@@ -331,12 +333,13 @@ class FactRow(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     uid: Mapped[str] = mapped_column(String(128))
     content: Mapped[str] = mapped_column(EncryptedText("facts.content"))
-    category: Mapped[str] = mapped_column(String(32), default="other")
-    conversation_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
-    manually_added: Mapped[bool] = mapped_column(Boolean, default=False)
-    edited: Mapped[bool] = mapped_column(Boolean, default=False)
-    superseded_by: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    category: Mapped[str] = mapped_column(String(32))
+    conversation_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    manual: Mapped[bool] = mapped_column(Boolean, default=False)  # added by the user
+    edited: Mapped[bool] = mapped_column(Boolean, default=False)  # rewritten by the user
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
+    superseded_by: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    removed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
     __table_args__ = (Index("ix_facts_uid_created_at", "uid", "created_at"),)

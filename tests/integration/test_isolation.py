@@ -37,6 +37,7 @@ from app.http.memory_mcp import MemoryMcp
 from app.http.server import create_app
 from app.ops.letta_local import LocalLetta
 from app.settings import Settings
+from memory.understand.understanding import FACTS_CONVERSATION
 from tests.integration.test_delivery import agent_of, serve, wait_drained
 from tests.integration.test_live import listening
 from tests.integration.test_webhooks import MEMORY, api_token, post_hook, realtime_segment
@@ -137,7 +138,9 @@ class World:
         return found + ([ALICE] if ALICE in text else [])
 
     def bobs_conversations(self) -> set[str]:
-        return {c["id"] for c in self.as_bob("GET", "/v1/conversations/page", params={"limit": 200}).json()["items"]}
+        """Bob's conversation ids, and the documents of his facts (``facts``) once he has some."""
+        ids = {c["id"] for c in self.as_bob("GET", "/v1/conversations/page", params={"limit": 200}).json()["items"]}
+        return ids | ({FACTS_CONVERSATION} if self.as_bob("GET", "/v3/memories").json() else set())
 
     def as_bob(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         headers = {"Authorization": f"Bearer {token(BOB)}", **kwargs.pop("headers", {})}

@@ -114,3 +114,39 @@ def test_search_rejects_a_bad_date(data_dir: Path, capsys: pytest.CaptureFixture
         main(["search", "x", "--uid", "alice", "--since", "last tuesday"])
     assert exit_.value.code == 2
     assert "is not an ISO date" in capsys.readouterr().err
+
+
+def test_backfill_structure_understands_old_conversations_with_the_model(
+    data_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+):
+    from memory.store.facts import FactStore
+    from tests.llm_standin import ScriptedLlm
+
+    conversation = store_sample(data_dir, "alice")  # stored before conversations were understood: no summary
+    with ScriptedLlm(delay_s=0.0) as llm:
+        llm.understanding = {
+            "title": "Chicago roots",
+            "overview": "Two women from Chicago.",
+            "facts": ["Lives in New Jersey"],
+        }
+        monkeypatch.setenv("LLM_BASE_URL", llm.base_url)
+        assert main(["backfill", "--structure", "--uid", "alice"]) == 0
+        assert "1 conversation(s) understood (1 by the model, 0 extractive), 0 skipped" in capsys.readouterr().err
+        assert main(["backfill", "--structure"]) == 0  # it has a summary now
+        assert "0 conversation(s) understood (0 by the model, 0 extractive), 1 skipped" in capsys.readouterr().err
+        asked = len(llm.requests)
+        llm.understanding = {"title": "Chicago roots again", "facts": ["lives in new jersey!"]}
+        assert main(["backfill", "--structure", "--force"]) == 0 and len(llm.requests) == asked + 1
+
+    async def stored() -> tuple[dict[str, object], list[str]]:
+        store = await ConversationStore.open(f"sqlite+aiosqlite:///{(data_dir / 'omi-letta.db').resolve()}")
+        await unlock(load_settings(), store.engine)
+        structured = (await store.get("alice", conversation)).structured or {}
+        facts = [f.content for f in await FactStore(store.engine).list("alice", include_old=True)]
+        await store.close()
+        return structured, facts
+
+    structured, facts = asyncio.run(stored())
+    assert structured["title"] == "Chicago roots again" and facts == ["Lives in New Jersey"]  # not duplicated
+    assert main(["search", "Chicago roots", "--uid", "alice", "--json"]) == 0
+    assert f"{conversation}#summary" in [h["turn_id"] for h in json.loads(capsys.readouterr().out)]

@@ -106,6 +106,10 @@ CLOUD = {
         "VECTOR_INDEX=pinecone",
     ),
     "Deepgram": ({"STT_BACKEND": "deepgram", "DEEPGRAM_API_KEY": "dg"}, "STT_BACKEND=deepgram"),
+    "a cloud model summarising conversations, Letta off": (
+        {"LLM_BASE_URL": "https://api.openai.com/v1", "LETTA_DELIVERY": "false"},
+        "UNDERSTAND_CONVERSATIONS=llm",
+    ),
     "Postgres elsewhere": ({"DATABASE_URL": "postgresql+asyncpg://u:secret@db.example.com/omi"}, "DATABASE_URL="),
     "Redis elsewhere": ({"REDIS_URL": "redis://:secret@cache.example.com:6379/0"}, "REDIS_URL="),
     "pgvector elsewhere": (

@@ -1,4 +1,4 @@
-"""Facts about the user (the OMI app's "memories"), each from a conversation or written in the app.
+"""Facts about the user that conversations reveal (OMI's "memories"), added, updated or superseded.
 
 Revision ID: 0013
 Revises: 0012
@@ -24,12 +24,13 @@ def upgrade() -> None:
         sa.Column("uid", sa.String(128), nullable=False),
         sa.Column("content", sa.Text, nullable=False),
         sa.Column("category", sa.String(32), nullable=False),
-        sa.Column("conversation_id", sa.String(36), nullable=True),
-        sa.Column("manually_added", sa.Boolean, nullable=False),
+        sa.Column("conversation_id", sa.String(64), nullable=True),
+        sa.Column("manual", sa.Boolean, nullable=False),
         sa.Column("edited", sa.Boolean, nullable=False),
-        sa.Column("superseded_by", sa.String(36), nullable=True),
         sa.Column("created_at", sa.Float, nullable=False),
         sa.Column("updated_at", sa.Float, nullable=False),
+        sa.Column("superseded_by", sa.String(36), nullable=True),
+        sa.Column("removed_at", sa.Float, nullable=True),
     )
     op.create_index("ix_facts_uid_created_at", "facts", ["uid", "created_at"])
 
