@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
     from app.service.services import Services
     from core.conversation import Conversation
+    from memory.search.vector_index import IndexHit
 
 __all__ = ["MemoryMcp"]
 
@@ -61,6 +62,13 @@ class _ToolCall:
 
 def _when(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _who(hit: IndexHit) -> str:
+    """Who a hit is by: the speaker of a turn; a conversation's summary or a fact about the user has none."""
+    if hit.speaker:
+        return hit.speaker
+    return "fact about the user" if hit.turn_id.startswith("fact:") else "summary of the conversation"
 
 
 def _epoch(text: str | None, name: str) -> float | None:
@@ -204,7 +212,7 @@ class MemoryMcp:
             if not hits:
                 return f"Nothing in memory matches {query!r}."
             return "\n".join(
-                f"[{_when(h.start)}] {h.speaker}: {h.text.strip()} (conversation {h.conversation_id})" for h in hits
+                f"[{_when(h.start)}] {_who(h)}: {h.text.strip()} (conversation {h.conversation_id})" for h in hits
             )
 
         @mcp.tool()
@@ -258,7 +266,8 @@ class MemoryMcp:
             if memory is None:
                 return "Memory search is not configured on this service."
             with self._call(ctx, "who_said") as call:
-                hits = await memory.lexical.query(call.uid, text, limit=3)
+                found = await memory.lexical.query(call.uid, text, limit=10)
+            hits = [h for h in found if h.speaker][:3]  # turns; summaries and facts have no speaker
             if not hits:
                 return f"No one in memory said anything like {text!r}."
             return "\n".join(

@@ -25,7 +25,7 @@ from app.cli.simulator import simulate
 from app.ops.letta_local import LocalLetta
 from core.conversation import Conversation
 from core.segments import TranscriptSegment
-from memory.letta.passage_groups import group_turns
+from memory.letta.archival import passages_of as passages_of_conversation
 from tests.conftest import FAST
 from tests.support import SHARED_DATA, ServerProcess, synthesize, token
 
@@ -131,6 +131,7 @@ def as_conversation(omi: dict[str, Any], uid: str) -> Conversation:
         last_speech_at=ts(omi["finished_at"]),
         timeout_s=120,
         segments=[TranscriptSegment(**s) for s in omi["transcript_segments"]],
+        structured=omi.get("structured"),
     )
 
 
@@ -148,12 +149,13 @@ def eventually_exactly_once(client: Letta, agent: str, conversation: Conversatio
 
 
 def assert_exactly_once(client: Letta, agent: str, conversation: Conversation) -> list[Any]:
-    """The agent holds each of the conversation's passage groups once, and nothing else of it."""
+    """The agent holds each of the conversation's passage groups once, and nothing else of it: its turns,
+    and the summary it was given when it closed (an extractive one: the tests have no model)."""
     mine = [p for p in passages_of(client, agent) if f"conv:{conversation.id}" in (p.tags or [])]
     turn_tags = Counter(t for p in mine for t in p.tags or [] if t.startswith("turn:"))
     assert set(turn_tags) == {f"turn:{s.id}" for s in conversation.segments if s.text.strip()}
     assert set(turn_tags.values()) == {1}, f"a turn is in more than one passage: {turn_tags.most_common(2)}"
-    expected = Counter(g.text for g in group_turns(conversation, 300))
+    expected = Counter(g.text for g in passages_of_conversation(conversation, 300))
     assert Counter(p.text for p in mine) == expected
     return mine
 
