@@ -66,6 +66,7 @@ class CamParams:
     max_k: int = 8
     smooth_s: float = 0.3  # a speaker's label run shorter than this between two others is relabelled
     min_turn_s: float = 0.05  # shorter turns are dropped
+    fill_gap_s: float = 1.0  # a speaker's pauses shorter than this are kept inside the turn
 
 
 def _centroids(x: NDArray[np.float32], labels: NDArray[np.int64]) -> NDArray[np.float32]:
@@ -254,13 +255,25 @@ class CamDiarizer(Diarizer):
         end_s = n_samples / SAMPLE_RATE
         turns = []
         k = int(max(primary.max(), second.max())) + 1
+        fill = round(self.params.fill_gap_s / FRAME_STEP_S)
         for speaker in range(k):
-            for a, b in _runs((primary == speaker) | (second == speaker)):
+            for a, b in _bridged(_runs((primary == speaker) | (second == speaker)), fill):
                 start = max(a * FRAME_STEP_S + FRAME_DURATION_S / 2 - FRAME_STEP_S / 2, 0.0)
                 end = min(b * FRAME_STEP_S + FRAME_DURATION_S / 2 - FRAME_STEP_S / 2, end_s)
                 if end - start >= self.params.min_turn_s:
                     turns.append(SpeakerTurn(round(start, 3), round(end, 3), speaker))
         return _by_first_appearance(turns)
+
+
+def _bridged(runs: list[tuple[int, int]], fill: int) -> list[tuple[int, int]]:
+    """``runs`` with the gaps of at most ``fill`` frames between them closed."""
+    out: list[tuple[int, int]] = []
+    for a, b in runs:
+        if out and a - out[-1][1] <= fill:
+            out[-1] = (out[-1][0], b)
+        else:
+            out.append((a, b))
+    return out
 
 
 def _speaker_count(activity: NDArray[np.float32], offsets: NDArray[np.int64], n_frames: int) -> NDArray[np.int64]:
