@@ -54,7 +54,7 @@ FBANK_HOP = 160
 class CamParams:
     """Tunables of the segmentation diarizer."""
 
-    step_s: float = 2.5  # segmentation windows start this far apart
+    step_s: float = 5.0  # segmentation windows start this far apart (half overlap)
     sub_s: float = 1.5  # CAM++ pieces of speech ...
     shift_s: float = 0.6  # ... every this far
     min_piece_s: float = 0.3  # a speech stretch shorter than this gets no piece of its own
