@@ -35,6 +35,7 @@ ENCODER = "campplus"
 DIM = 192
 FBANK_HOP = 160  # samples: 10 ms
 FBANK_WINDOW = 400  # samples: 25 ms
+FBANK_BLOCK = 6000  # frames computed at once: 60 s
 _WEIGHTS = "speech_campplus_sv_zh_en_16k-common_advanced/campplus_cn_en_common.pt"
 
 
@@ -66,12 +67,16 @@ def fbank(audio: NDArray[np.float32] | torch.Tensor) -> torch.Tensor:
     if wave.numel() < FBANK_WINDOW:
         wave = F.pad(wave, (0, FBANK_WINDOW - wave.numel()))
     banks, window = _filters()
-    frames = wave.unfold(0, FBANK_WINDOW, FBANK_HOP)
-    frames = frames - frames.mean(dim=1, keepdim=True)
-    previous = torch.cat([frames[:, :1], frames[:, :-1]], dim=1)
-    frames = (frames - 0.97 * previous) * window
-    power = torch.fft.rfft(frames, n=512).abs() ** 2
-    return torch.log(torch.clamp(power @ banks.T, min=torch.finfo(torch.float32).eps))
+    every = wave.unfold(0, FBANK_WINDOW, FBANK_HOP)
+    out = []
+    for i in range(0, every.shape[0], FBANK_BLOCK):  # blocks bound the temporaries on long recordings
+        frames = every[i : i + FBANK_BLOCK]
+        frames = frames - frames.mean(dim=1, keepdim=True)
+        previous = torch.cat([frames[:, :1], frames[:, :-1]], dim=1)
+        frames = (frames - 0.97 * previous) * window
+        power = torch.fft.rfft(frames, n=512).abs() ** 2
+        out.append(torch.log(torch.clamp(power @ banks.T, min=torch.finfo(torch.float32).eps)))
+    return torch.cat(out)
 
 
 def _network() -> Any:

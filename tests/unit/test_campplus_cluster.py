@@ -36,14 +36,19 @@ def test_a_count_hint_is_obeyed() -> None:
 
 
 def test_few_pieces_are_one_speaker_and_none_are_none() -> None:
-    x, _ = voices(2, 3)
+    x, _ = voices(3, 1)
     assert set(cluster_embeddings(x, SpeakerCount(), CamParams()).tolist()) == {0}
     assert cluster_embeddings(np.zeros((0, 192), np.float32), SpeakerCount(), CamParams()).size == 0
 
 
-def test_a_tiny_cluster_joins_its_nearest() -> None:
+def test_two_short_voices_are_two_speakers() -> None:
+    x, truth = voices(2, 4)
+    assert same_partition(cluster_embeddings(x, SpeakerCount(), CamParams()), truth)
+
+
+def test_a_single_stray_piece_joins_its_nearest() -> None:
     x, _ = voices(2, 12)
-    stray = voices(1, 2, seed=99)[0]
+    stray = voices(1, 1, seed=99)[0]
     labels = cluster_embeddings(np.concatenate([x, stray]), SpeakerCount(), CamParams())
     assert int(labels.max()) + 1 == 2
 
