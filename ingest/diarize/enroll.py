@@ -15,12 +15,14 @@ if TYPE_CHECKING:
 
     from numpy.typing import NDArray
 
+    from ingest.diarize.diarizer import SpeakerTurn
     from ingest.diarize.embedded import EmbeddedDiarizer
 
 __all__ = [
     "MAX_RECORDING_S",
     "MIN_SPEECH_S",
     "load_enrollment_audio",
+    "speaker_embeddings",
     "voice_embedding",
 ]
 
@@ -30,6 +32,8 @@ MAX_SPEECH_S = 300.0
 """Speech beyond this is not embedded: it adds little and keeps the encoder's batch small."""
 MAX_RECORDING_S = 30 * 60.0
 """Longest recording accepted for enrollment."""
+SPEAKER_EMBED_MAX_S = 60.0
+"""Speech per conversation speaker that goes into its embedding."""
 
 
 def voice_embedding(audio: NDArray[np.float32], *, diarizer: EmbeddedDiarizer) -> tuple[NDArray[np.float32], float]:
@@ -55,6 +59,35 @@ def voice_embedding(audio: NDArray[np.float32], *, diarizer: EmbeddedDiarizer) -
     total = (windows.embeddings[keep] * weight[:, None]).sum(axis=0)
     embedding = (total / max(float(np.linalg.norm(total)), 1e-12)).astype(np.float32)
     return embedding, min(seconds, MAX_SPEECH_S)
+
+
+def speaker_embeddings(
+    audio: NDArray[np.float32], turns: list[SpeakerTurn], diarizer: EmbeddedDiarizer
+) -> dict[int, NDArray[np.float32]]:
+    """One voice embedding per speaker of ``turns``, made as profiles are, from where they speak alone.
+
+    Speakers with less than ``MIN_SPEECH_S`` of speech get none. Blocking.
+    """
+    hop = 160  # 10 ms grid
+    n = audio.size // hop + 1
+    speakers = sorted({t.speaker for t in turns})
+    active = np.zeros((len(speakers), n), dtype=bool)  # (speakers, frames)
+    for t in turns:
+        active[speakers.index(t.speaker), round(t.start * 100) : round(t.end * 100)] = True
+    alone = active & (active.sum(axis=0) == 1)
+    out: dict[int, NDArray[np.float32]] = {}
+    for i, speaker in enumerate(speakers):
+        frames = np.flatnonzero(alone[i]) if alone[i].any() else np.flatnonzero(active[i])
+        frames = frames[: int(SPEAKER_EMBED_MAX_S * 100)]
+        samples = (frames[:, None] * hop + np.arange(hop)[None, :]).ravel()
+        speech = audio[samples[samples < audio.size]]
+        if not speech.size:
+            continue
+        try:
+            out[speaker] = voice_embedding(speech, diarizer=diarizer)[0]
+        except NotEnoughSpeechError:
+            continue
+    return out
 
 
 def load_enrollment_audio(path: Path) -> NDArray[np.float32]:
