@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
     from ingest.schema import AsrSegment
 
-__all__ = ["Diarization", "Diarizer", "SpeakerCount", "SpeakerTurn", "attribute"]
+__all__ = ["Diarization", "Diarizer", "SpeakerCount", "SpeakerTurn", "attribute", "solo_speech"]
 
 
 @dataclass(frozen=True)
@@ -100,3 +100,28 @@ class Diarizer(ABC):
     @abstractmethod
     def find(self, audio: NDArray[np.float32], count: SpeakerCount) -> Diarization:
         """:meth:`diarize`, with the speaker count in one value."""
+
+
+def solo_speech(audio: NDArray[np.float32], turns: list[SpeakerTurn], max_s: float) -> dict[int, NDArray[np.float32]]:
+    """Each speaker's speech (16 kHz) where they speak alone, else all of it, at most ``max_s`` s each.
+
+    Speakers with no speech in ``audio`` are left out.
+    """
+    import numpy as np
+
+    hop = 160  # 10 ms grid at 16 kHz
+    n = audio.size // hop + 1
+    speakers = sorted({t.speaker for t in turns})
+    active = np.zeros((len(speakers), n), dtype=bool)  # (speakers, frames)
+    for t in turns:
+        active[speakers.index(t.speaker), round(t.start * 100) : round(t.end * 100)] = True
+    alone = active & (active.sum(axis=0) == 1)
+    out: dict[int, NDArray[np.float32]] = {}
+    for i, speaker in enumerate(speakers):
+        frames = np.flatnonzero(alone[i]) if alone[i].any() else np.flatnonzero(active[i])
+        frames = frames[: int(max_s * 100)]
+        samples = (frames[:, None] * hop + np.arange(hop)[None, :]).ravel()
+        speech = audio[samples[samples < audio.size]]
+        if speech.size:
+            out[speaker] = speech
+    return out

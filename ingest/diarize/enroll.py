@@ -8,6 +8,7 @@ import numpy as np
 
 from core.errors import NotEnoughSpeechError, UnsupportedAudioError
 from ingest.decode import audio_duration, load_audio_file
+from ingest.diarize.diarizer import solo_speech
 from ingest.diarize.encoder import FRAME_S
 
 if TYPE_CHECKING:
@@ -68,21 +69,8 @@ def speaker_embeddings(
 
     Speakers with less than ``MIN_SPEECH_S`` of speech get none. Blocking.
     """
-    hop = 160  # 10 ms grid
-    n = audio.size // hop + 1
-    speakers = sorted({t.speaker for t in turns})
-    active = np.zeros((len(speakers), n), dtype=bool)  # (speakers, frames)
-    for t in turns:
-        active[speakers.index(t.speaker), round(t.start * 100) : round(t.end * 100)] = True
-    alone = active & (active.sum(axis=0) == 1)
     out: dict[int, NDArray[np.float32]] = {}
-    for i, speaker in enumerate(speakers):
-        frames = np.flatnonzero(alone[i]) if alone[i].any() else np.flatnonzero(active[i])
-        frames = frames[: int(SPEAKER_EMBED_MAX_S * 100)]
-        samples = (frames[:, None] * hop + np.arange(hop)[None, :]).ravel()
-        speech = audio[samples[samples < audio.size]]
-        if not speech.size:
-            continue
+    for speaker, speech in solo_speech(audio, turns, SPEAKER_EMBED_MAX_S).items():
         try:
             out[speaker] = voice_embedding(speech, diarizer=diarizer)[0]
         except NotEnoughSpeechError:

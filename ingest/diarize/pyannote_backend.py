@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from core.errors import MissingDependencyError
-from ingest.diarize.diarizer import Diarization, Diarizer, SpeakerCount, SpeakerTurn
+from ingest.diarize.diarizer import Diarization, Diarizer, SpeakerCount, SpeakerTurn, solo_speech
 from ingest.schema import SAMPLE_RATE
 
 if TYPE_CHECKING:
@@ -231,21 +231,8 @@ class PyannoteDiarizer(Diarizer):
             from ingest.diarize.encoder import shared_encoder
 
             self._encoder = shared_encoder()
-        hop = SAMPLE_RATE // 100  # 10 ms grid
-        n = audio.size // hop + 1
-        speakers = sorted({t.speaker for t in turns})
-        active = np.zeros((len(speakers), n), dtype=bool)  # (speakers, frames)
-        for t in turns:
-            active[speakers.index(t.speaker), round(t.start * 100) : round(t.end * 100)] = True
-        alone = active & (active.sum(axis=0) == 1)
         out: dict[int, NDArray[np.float32]] = {}
-        for i, speaker in enumerate(speakers):
-            frames = np.flatnonzero(alone[i]) if alone[i].any() else np.flatnonzero(active[i])
-            frames = frames[: int(EMBED_MAX_S * 100)]
-            samples = (frames[:, None] * hop + np.arange(hop)[None, :]).ravel()
-            speech = audio[samples[samples < audio.size]]
-            if not speech.size:
-                continue
+        for speaker, speech in solo_speech(audio, turns, EMBED_MAX_S).items():
             if self._voices is not None:
                 from core.errors import NotEnoughSpeechError
                 from ingest.diarize.enroll import voice_embedding
