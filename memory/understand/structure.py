@@ -104,7 +104,7 @@ def extractive(conversation: Conversation) -> dict[str, Any]:
     ranked = sorted(range(len(sentences)), key=lambda i: (-weight(sentences[i][1]), i))
     title = _cut(sentences[ranked[0]][1].rstrip(".!?"), 8)
     chosen = sorted(ranked[:3])
-    overview = " ".join(f"{sentences[i][0]}: {sentences[i][1]}" for i in chosen)[:600]
+    overview = " ".join(sentences[i][1] for i in chosen)[:600]  # no names: a relabel would leave them stale
     actions = [{"description": text, "completed": False} for _, text in sentences if _ACTION.search(text)][:5]
     return _structured(title=title, overview=overview, action_items=actions)
 

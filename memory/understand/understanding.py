@@ -31,12 +31,17 @@ if TYPE_CHECKING:
     from core.conversation import Conversation
     from memory.store.conversation_store import ConversationStore
 
-__all__ = ["FACTS_CONVERSATION", "SUMMARY_SPEAKER", "Understanding", "fact_turn", "summary_turn"]
+__all__ = ["FACTS_CONVERSATION", "SUMMARY_SPEAKER", "Understanding", "fact_turn", "summary_document", "summary_turn"]
 
 log = logging.getLogger(__name__)
 
 FACTS_CONVERSATION = "facts"
 SUMMARY_SPEAKER = ""  # documents have no speaker: a question that names a person is not pulled to them
+
+
+def summary_document(conversation_id: str) -> str:
+    """The index's conversation id of a conversation's summary document."""
+    return f"{conversation_id}#understood"
 
 
 def summary_turn(uid: str, conversation: Conversation, structured: dict[str, Any]) -> Turn | None:
@@ -51,7 +56,7 @@ def summary_turn(uid: str, conversation: Conversation, structured: dict[str, Any
     return Turn(
         uid=uid,
         turn_id=f"{conversation.id}#summary",
-        conversation_id=f"{conversation.id}#understood",
+        conversation_id=summary_document(conversation.id),
         speaker=SUMMARY_SPEAKER,
         is_user=False,
         start=conversation.started_at,
@@ -150,6 +155,6 @@ class Understanding:
         no facts left (they were erased), so do the facts' documents."""
         if self.search is None:
             return
-        await self.search.delete(uid, conversation_id=f"{conversation_id}#understood")
+        await self.search.delete(uid, conversation_id=summary_document(conversation_id))
         if not await self.facts.list(uid, limit=1):
             await self.search.delete(uid, conversation_id=FACTS_CONVERSATION)
