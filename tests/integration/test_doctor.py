@@ -60,7 +60,9 @@ def test_doctor_shows_where_each_kind_of_data_would_go_and_what_local_mode_refus
     assert "audio" in out and "this machine" in out, "speech-to-text stays here"
     assert "secret" not in out, "no credential is printed"
     allowed = doctor("--offline", PRIVACY_MODE="cloud", **env)
-    assert allowed.returncode == 0 and "3 backend(s) receive data on other machines" in allowed.stdout
+    # Letta, its model, Pinecone, and the model that summarises each closed conversation (UNDERSTAND_CONVERSATIONS).
+    assert allowed.returncode == 0 and "4 backend(s) receive data on other machines" in allowed.stdout
+    assert "conversation summaries and facts" in allowed.stdout
 
 
 def test_doctor_reaches_letta_and_the_model_with_their_credentials(tmp_path, letta: LocalLetta):
