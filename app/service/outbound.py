@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from app.settings import Settings
@@ -23,11 +22,11 @@ from memory.letta.letta_sink import LettaSink
 from memory.redis_state import RedisState, worker_id
 from memory.search.hybrid import MemorySearch, open_search
 from memory.store.conversation_store import ConversationStore
-from memory.store.facts import Fact, FactStore
+from memory.store.facts import FactStore
 from memory.store.outbox import Outbox, RetryPolicy
 from memory.store.tokens import TokenStore
 from memory.understand.structure import Structurer
-from memory.understand.understanding import Understanding, fact_turn
+from memory.understand.understanding import Understanding
 
 __all__ = [
     "Outbound",
@@ -233,18 +232,6 @@ class Outbound:
         except Exception as exc:  # a model that fails to load fails each delivery instead, with its error
             log.warning("could not check the memory index's embedding model: %s", exc)
         deliverer.start()
-
-    async def facts_edited(self, uid: str, changed: Sequence[Fact] = (), gone: Sequence[str] = ()) -> None:
-        """The user edited their facts (``changed``: added or rewritten; ``gone``: ids deleted): the
-        search index and, with Letta delivery, the agent's ``known_facts`` block follow."""
-        sinks = self.deliverer.sinks if self.deliverer is not None else []
-        for sink in sinks:
-            if isinstance(sink, IndexSink):
-                if gone:
-                    await self.search.delete(uid, ids=[f"fact:{i}" for i in gone])
-                await self.search.add([fact_turn(f) for f in changed if f.current])
-            elif isinstance(sink, LettaSink):
-                await sink.refresh_facts(uid)
 
     async def close(self) -> None:
         """Stop delivering, release the lock, close the index."""

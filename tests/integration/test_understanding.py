@@ -233,25 +233,31 @@ class FakeRegistry:
 
 
 async def test_a_users_own_edit_reaches_the_index_and_the_agents_block(store: ConversationStore, search: MemorySearch):
-    from app.service.outbound import Outbound
+    """Through the outbox, as ``/v3/memories`` edits go: each change is a ``facts`` record for both sinks."""
     from memory.letta.letta_sink import LettaSink
 
     registry = FakeRegistry()
     letta = LettaSink(registry, store)  # type: ignore[arg-type]
-    deliverer = Deliverer(store, Outbox(store.engine), [IndexSink(search), letta], metrics=Metrics())
-    outbound = Outbound(search, Outbox(store.engine), deliverer)
-    facts = FactStore(store.engine)
+    facts = FactStore(store.engine, sinks=("index", "letta"))
+    understanding = Understanding(store, facts, Structurer("", "none"), search)
+    index = IndexSink(search, on_facts=understanding.reindex_facts)
+    deliverer = Deliverer(store, Outbox(store.engine), [index, letta], metrics=Metrics())
+
+    async def delivered() -> None:
+        for sink in (index, letta):
+            await deliverer.run_once(sink)
+
     fact = await facts.add(UID, "Allergic to peanuts", category="health")
-    await outbound.facts_edited(UID, [fact])
+    await delivered()
     assert "Allergic to peanuts" in registry.client.agents.blocks.values[FACTS_BLOCK]
     assert f"fact:{fact.id}" in {h.turn_id for h in await search.search(UID, "peanut allergy", limit=5)}
     edited = await facts.update(UID, fact.id, "Allergic to peanuts and cashews")
     assert edited is not None
-    await outbound.facts_edited(UID, [edited])
+    await delivered()
     hits = await search.search(UID, "cashews", limit=5)
     assert hits[0].turn_id == f"fact:{fact.id}" and hits[0].text == "Allergic to peanuts and cashews"
     assert await facts.delete(UID, fact.id)
-    await outbound.facts_edited(UID, gone=[fact.id])
+    await delivered()
     assert "peanuts" not in registry.client.agents.blocks.values[FACTS_BLOCK]
     assert all(h.turn_id != f"fact:{fact.id}" for h in await search.search(UID, "cashews", limit=5))
 
